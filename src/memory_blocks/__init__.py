@@ -1,0 +1,1 @@
+"""Interchangeable, shape-annotated components for neural memories that learn at test time."""
