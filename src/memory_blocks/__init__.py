@@ -1,1 +1,42 @@
-"""Interchangeable, shape-annotated components for neural memories that learn at test time."""
+"""Interchangeable, shape-annotated components for neural memories that learn at test time.
+
+Layers (imports only go downward): ``functional`` (pure functions) < ``memories``,
+``objectives``, ``optimizers``, ``gates``, ``layers`` (components) < ``neural_memory``.
+"""
+
+from memory_blocks.functional import MemoryState, memorize, memorize_naive, retrieve
+from memory_blocks.gates import ConstantGate, Gate, LearnedGate
+from memory_blocks.layers import CausalDepthwiseConv, RMSNorm
+from memory_blocks.memories import GatedMLPMemory, LinearMemory, MemoryModel, MLPMemory, ModuleMemory
+from memory_blocks.neural_memory import NeuralMemory, NeuralMemoryState
+from memory_blocks.objectives import OBJECTIVES, DotProduct, Huber, LpError, Objective, SquaredError
+from memory_blocks.optimizers import OPTIMIZERS, GradientDescent, InnerOptimizer, Momentum
+
+__all__ = [
+    "OBJECTIVES",
+    "OPTIMIZERS",
+    "CausalDepthwiseConv",
+    "ConstantGate",
+    "DotProduct",
+    "Gate",
+    "GatedMLPMemory",
+    "GradientDescent",
+    "Huber",
+    "InnerOptimizer",
+    "LearnedGate",
+    "LinearMemory",
+    "LpError",
+    "MLPMemory",
+    "MemoryModel",
+    "MemoryState",
+    "ModuleMemory",
+    "Momentum",
+    "NeuralMemory",
+    "NeuralMemoryState",
+    "Objective",
+    "RMSNorm",
+    "SquaredError",
+    "memorize",
+    "memorize_naive",
+    "retrieve",
+]

@@ -1,0 +1,26 @@
+"""Pure functions of the memory: write-and-read (parallel and naive), read, inner losses."""
+
+from memory_blocks.functional.chunked import memorize
+from memory_blocks.functional.fast_ops import DirectOps, DualOps, KeyPathOps
+from memory_blocks.functional.losses import dot_product, huber, lp_error, squared_error
+from memory_blocks.functional.naive import memorize_naive
+from memory_blocks.functional.recurrence import ChunkCoefficients, chunk_coefficients, segment_products
+from memory_blocks.functional.retrieve import retrieve
+from memory_blocks.functional.state import MemoryState
+
+__all__ = [
+    "ChunkCoefficients",
+    "DirectOps",
+    "DualOps",
+    "KeyPathOps",
+    "MemoryState",
+    "chunk_coefficients",
+    "dot_product",
+    "huber",
+    "lp_error",
+    "memorize",
+    "memorize_naive",
+    "retrieve",
+    "segment_products",
+    "squared_error",
+]

@@ -1,0 +1,175 @@
+"""The fast, exact, chunk-parallel form of the memory (paper eq. 16).
+
+Across chunks the loop is sequential: a chunk's gradients are taken at the weights its
+predecessor left. Inside a chunk everything is batched over tokens, batch and heads.
+
+- Built-in memory models (``factored``) run in blocks of several chunks
+  (:mod:`memory_blocks.functional.block`): each token's gradient is kept as the factors of an
+  outer product, every weight inside a block is read in the dual form from the closed-form
+  momentum and forgetting recurrences (:func:`chunk_coefficients`), and full-size weights are
+  written only once per block. Autograd then stores one set of weights per block, not per
+  chunk; ``checkpoint=True`` stores only the block inputs and recomputes each block.
+- Any other memory (``ModuleMemory``) runs chunk by chunk (:mod:`memory_blocks.functional.generic`)
+  with ``torch.func`` per-token gradients and materialised per-token weights: exact, general,
+  slower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint as checkpoint_fn
+
+from memory_blocks.functional.block import factored_block
+from memory_blocks.functional.generic import generic_chunk
+from memory_blocks.functional.losses import squared_error
+from memory_blocks.functional.recurrence import ChunkCoefficients, chunk_coefficients
+from memory_blocks.functional.state import MemoryState
+from memory_blocks.functional.validate import check_memorize_args
+
+__all__ = ["memorize"]
+
+
+def memorize(
+    memory: Any,
+    q: Float[Tensor, "batch heads seq dim_in"],
+    k: Float[Tensor, "batch heads seq dim_in"],
+    v: Float[Tensor, "batch heads seq dim_out"],
+    lr: Float[Tensor, "batch heads seq"] | dict[str, Float[Tensor, "batch heads seq"]],
+    momentum: Float[Tensor, "batch heads seq"] | None = None,
+    decay: Float[Tensor, "batch heads seq"] | None = None,
+    *,
+    chunk_size: int,
+    state: MemoryState | None = None,
+    objective: Callable[[Tensor, Tensor], Tensor] = squared_error,
+    block_chunks: int = 16,
+    checkpoint: bool = False,
+) -> tuple[Float[Tensor, "batch heads seq dim_out"], MemoryState]:
+    """Write ``(k_t, v_t)`` into the memory and read ``q_t``: the fast parallel form.
+
+    Computes exactly what :func:`memorize_naive` computes (paper eqs. 12-16: gradients at the
+    chunk-start weights, momentum ``eta``, forgetting ``alpha``, ``y_t = f(W_t; q_t)`` after
+    token ``t``'s own write), with the same arguments and results.
+
+    Args:
+        memory: a memory model (``LinearMemory``, ``MLPMemory``, ... or ``ModuleMemory``).
+        q, k: ``(batch, heads, seq, dim_in)`` queries and keys.
+        v: ``(batch, heads, seq, dim_out)`` values.
+        lr: ``theta``, ``(batch, heads, seq)``; or a dict giving each fast weight its own.
+        momentum: ``eta``, ``(batch, heads, seq)``; ``None`` for plain gradient descent.
+        decay: ``alpha``, ``(batch, heads, seq)``; ``None`` for no forgetting.
+        chunk_size: tokens per chunk (chunk boundaries are counted from the sequence start,
+            across calls when a state is carried).
+        state: where a previous call left the memory; ``None`` starts at ``W_0``.
+        objective: per-token inner loss ``(pred, target) -> loss``; squared error by default.
+        block_chunks: chunks per block of the fast path (weights are materialised once per
+            block; the cost of reading a chunk's gradient point grows with its place in the
+            block). Does not change the result.
+        checkpoint: when gradients are recorded, keep only each block's inputs and recompute
+            the block in the backward pass (less memory, one more forward). Factored models
+            only: ``torch.func`` transforms do not run under checkpointing.
+
+    Returns:
+        ``y`` of shape ``(batch, heads, seq, dim_out)`` and the new :class:`MemoryState`.
+    """
+    lr_map = check_memorize_args("memorize", memory, q, k, v, lr, momentum, decay, chunk_size, state)
+    if isinstance(block_chunks, bool) or not isinstance(block_chunks, int) or block_chunks < 1:
+        raise ValueError(f"memorize: block_chunks must be an integer >= 1, got {block_chunks!r}")
+    batch, heads, seq, _ = k.shape
+    if state is None:
+        state = memory.init_state(batch, heads)
+    if isinstance(lr, dict):
+        lr_keys = {n: n for n in lr_map}
+        lr_tensors = dict(lr_map)
+    else:
+        lr_keys = {n: "" for n in lr_map}
+        lr_tensors = {"": lr}
+
+    block = chunk_size * block_chunks if memory.factored else chunk_size
+    segments, coefficients = _plan(state.offset, seq, chunk_size, block, lr_tensors, momentum, decay)
+    step = factored_block if memory.factored else generic_chunk
+    use_checkpoint = checkpoint and memory.factored and torch.is_grad_enabled()
+    create_graph = torch.is_grad_enabled()
+    ends_mid_chunk = (state.offset + seq) % chunk_size != 0
+
+    weights, mom = dict(state.weights), dict(state.momentum)
+    anchor = state.chunk_weights if state.chunk_weights is not None else weights
+    ys: list[Tensor] = []
+    last_anchor = None
+    for i, ((s, e), coef) in enumerate(zip(segments, coefficients)):
+        if i > 0:
+            anchor = weights  # every segment after the first starts at a chunk boundary
+        args = (
+            memory, objective, lr_keys, chunk_size, anchor, weights, mom,
+            q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], coef, create_graph,
+            ends_mid_chunk and i == len(segments) - 1,
+        )
+        if use_checkpoint:
+            y, weights, mom, last_anchor = checkpoint_fn(step, *args, use_reentrant=False)
+        else:
+            y, weights, mom, last_anchor = step(*args)
+        ys.append(y)
+    new_state = MemoryState(weights, mom, last_anchor if ends_mid_chunk else None,
+                            (state.offset + seq) % chunk_size)
+    return torch.cat(ys, dim=2), new_state
+
+
+def _plan(
+    offset: int,
+    seq: int,
+    chunk: int,
+    block: int,
+    lr: dict[str, Tensor],
+    momentum: Tensor | None,
+    decay: Tensor | None,
+) -> tuple[list[tuple[int, int]], list[ChunkCoefficients]]:
+    """Splits ``[0, seq)`` into segments; computes every segment's coefficients.
+
+    First the rest of an unfinished chunk (when a state is ``offset`` tokens into one), then
+    blocks of ``block`` tokens (a multiple of ``chunk``), the last one possibly shorter. The
+    full blocks' coefficients are computed in one batched call.
+    """
+    segments: list[tuple[int, int]] = []
+    coefficients: list[ChunkCoefficients] = []
+
+    def one(s: int, e: int) -> None:
+        segments.append((s, e))
+        coefficients.append(chunk_coefficients(*_gates(lr, momentum, decay, s, e, None)))
+
+    first = min(chunk - offset, seq) if offset else 0
+    if first:
+        one(0, first)
+    n_full = (seq - first) // block
+    if n_full:
+        stacked = chunk_coefficients(*_gates(lr, momentum, decay, first, first + n_full * block, block))
+        for i in range(n_full):
+            s = first + i * block
+            segments.append((s, s + block))
+            coefficients.append(stacked.select(i))
+    tail = first + n_full * block
+    if tail < seq:
+        one(tail, seq)
+    return segments, coefficients
+
+
+def _gates(
+    lr: dict[str, Tensor],
+    momentum: Tensor | None,
+    decay: Tensor | None,
+    s: int,
+    e: int,
+    block: int | None,
+) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
+    def cut(g: Tensor) -> Tensor:
+        g = g[..., s:e]
+        return g if block is None else g.unflatten(-1, (-1, block))
+
+    return (
+        {k: cut(t) for k, t in lr.items()},
+        None if momentum is None else cut(momentum),
+        None if decay is None else cut(decay),
+    )

@@ -1,0 +1,115 @@
+"""The ground truth: the memory's recurrence, token by token, exactly as written in the paper."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from memory_blocks.functional.losses import squared_error
+from memory_blocks.functional.state import MemoryState
+from memory_blocks.functional.validate import check_memorize_args
+
+__all__ = ["memorize_naive", "token_gradients"]
+
+
+def token_gradients(
+    memory: Any,
+    objective: Callable[[Tensor, Tensor], Tensor],
+    weights: dict[str, Tensor],
+    k: Float[Tensor, "batch heads seq dim_in"],
+    v: Float[Tensor, "batch heads seq dim_out"],
+    create_graph: bool,
+) -> dict[str, Tensor]:
+    """``grad_W sum_t l(W; k_t, v_t)`` per (batch, head), for weights ``(batch, heads, *shape)``.
+
+    With ``create_graph`` the result is differentiable (the outer loop trains through it).
+    """
+    with torch.enable_grad():
+        leaves = {
+            n: w if (create_graph and w.requires_grad) else w.detach().requires_grad_()
+            for n, w in weights.items()
+        }
+        loss = objective(memory.forward_with(leaves, k), v).sum()
+        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph)
+    return dict(zip(leaves, grads))
+
+
+def _per_head(g: Tensor, like: Tensor) -> Tensor:
+    """Broadcast a (batch, heads) scalar over a tensor of shape (batch, heads, *shape)."""
+    return g.reshape(*g.shape, *([1] * (like.ndim - 2)))
+
+
+def memorize_naive(
+    memory: Any,
+    q: Float[Tensor, "batch heads seq dim_in"],
+    k: Float[Tensor, "batch heads seq dim_in"],
+    v: Float[Tensor, "batch heads seq dim_out"],
+    lr: Float[Tensor, "batch heads seq"] | dict[str, Float[Tensor, "batch heads seq"]],
+    momentum: Float[Tensor, "batch heads seq"] | None = None,
+    decay: Float[Tensor, "batch heads seq"] | None = None,
+    *,
+    chunk_size: int,
+    state: MemoryState | None = None,
+    objective: Callable[[Tensor, Tensor], Tensor] = squared_error,
+) -> tuple[Float[Tensor, "batch heads seq dim_out"], MemoryState]:
+    """Write ``(k_t, v_t)`` into the memory and read ``q_t``, one token at a time (the oracle).
+
+    For each token ``t`` (``t0`` the last token before ``t``'s chunk; paper eqs. 12-16):
+
+        g_t = grad_W l(W_{t0}; k_t, v_t)
+        S_t = eta_t S_{t-1} - theta_t g_t          (momentum=None: S_t = -theta_t g_t)
+        W_t = (1 - alpha_t) W_{t-1} + S_t          (decay=None: alpha_t = 0)
+        y_t = f(W_t; q_t)
+
+    Args:
+        memory: a memory model (``LinearMemory``, ``MLPMemory``, ... or ``ModuleMemory``).
+        q, k: ``(batch, heads, seq, dim_in)`` queries and keys.
+        v: ``(batch, heads, seq, dim_out)`` values.
+        lr: ``theta``, ``(batch, heads, seq)``; or a dict giving each fast weight its own.
+        momentum: ``eta``, ``(batch, heads, seq)``; ``None`` for plain gradient descent (the
+            state's momentum then passes through unchanged).
+        decay: ``alpha``, ``(batch, heads, seq)``; ``None`` for no forgetting.
+        chunk_size: tokens per chunk; gradients inside a chunk use the chunk-start weights.
+        state: where a previous call left the memory; ``None`` starts at ``W_0``.
+        objective: per-token inner loss ``(pred, target) -> loss``; squared error by default.
+
+    Returns:
+        ``y`` of shape ``(batch, heads, seq, dim_out)`` and the new :class:`MemoryState`.
+    """
+    lr_map = check_memorize_args(
+        "memorize_naive", memory, q, k, v, lr, momentum, decay, chunk_size, state
+    )
+    batch, heads, seq, _ = k.shape
+    if state is None:
+        state = memory.init_state(batch, heads)
+    create_graph = torch.is_grad_enabled()
+    weights = dict(state.weights)
+    mom = dict(state.momentum)
+    anchor = state.chunk_weights
+    ys = []
+    for t in range(seq):
+        if (state.offset + t) % chunk_size == 0:
+            anchor = weights
+        assert anchor is not None
+        grads = token_gradients(
+            memory, objective, anchor, k[:, :, t : t + 1], v[:, :, t : t + 1], create_graph
+        )
+        new_weights = {}
+        for name, w in weights.items():
+            theta = _per_head(lr_map[name][:, :, t], w)
+            if momentum is None:
+                step = -theta * grads[name]
+            else:
+                mom[name] = _per_head(momentum[:, :, t], w) * mom[name] - theta * grads[name]
+                step = mom[name]
+            keep = w if decay is None else (1 - _per_head(decay[:, :, t], w)) * w
+            new_weights[name] = keep + step
+        weights = new_weights
+        ys.append(memory.forward_with(weights, q[:, :, t : t + 1]))
+    offset = (state.offset + seq) % chunk_size
+    new_state = MemoryState(weights, mom, anchor if offset else None, offset)
+    return torch.cat(ys, dim=2), new_state

@@ -1,0 +1,80 @@
+"""The memory's state between calls: fast weights, momentum, and the unfinished chunk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+__all__ = ["MemoryState"]
+
+
+@dataclass(frozen=True)
+class MemoryState:
+    """Where a memory stands after the tokens it has written so far.
+
+    Every tensor has the leading shape ``(batch, heads)`` followed by the parameter's own
+    shape (e.g. ``(batch, heads, dim_out, dim_in)`` for a linear fast weight).
+
+    Attributes:
+        weights: ``W_t``, the fast weights after the last written token (name -> tensor).
+            Retrieval reads these. At a chunk boundary they are also the weights at which the
+            next chunk's gradients are taken (paper eq. 16).
+        momentum: ``S_t``, the surprise momentum after the last written token (paper eq. 13).
+            Plain gradient descent (no momentum gate) leaves it unchanged.
+        chunk_weights: the weights at the start of the unfinished chunk, where the gradients of
+            its remaining tokens are taken; ``None`` at a chunk boundary.
+        offset: tokens already written into the unfinished chunk (0 at a chunk boundary).
+
+    A user may replace ``weights`` (``dataclasses.replace``) at a chunk boundary to load or
+    edit a memory; mid-chunk, the gradients of the chunk's remaining tokens are still taken at
+    ``chunk_weights``.
+    """
+
+    weights: dict[str, Tensor]
+    momentum: dict[str, Tensor]
+    chunk_weights: dict[str, Tensor] | None = None
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if set(self.weights) != set(self.momentum):
+            raise ValueError(
+                "MemoryState: weights and momentum must name the same tensors, got "
+                f"{sorted(self.weights)} and {sorted(self.momentum)}"
+            )
+        if self.offset < 0:
+            raise ValueError(f"MemoryState: offset must be >= 0, got {self.offset}")
+        if (self.offset == 0) != (self.chunk_weights is None):
+            raise ValueError(
+                "MemoryState: chunk_weights must be given exactly when offset > 0 "
+                f"(offset={self.offset}, chunk_weights is {'None' if self.chunk_weights is None else 'set'})"
+            )
+        for name, w in self.weights.items():
+            m = self.momentum[name]
+            if w.shape != m.shape:
+                raise ValueError(
+                    f"MemoryState: weights[{name!r}] has shape {tuple(w.shape)} but "
+                    f"momentum[{name!r}] has shape {tuple(m.shape)}"
+                )
+            if w.ndim < 2:
+                raise ValueError(
+                    f"MemoryState: weights[{name!r}] must have leading (batch, heads) dimensions, "
+                    f"got shape {tuple(w.shape)}"
+                )
+
+    @property
+    def batch(self) -> int:
+        return next(iter(self.weights.values())).shape[0]
+
+    @property
+    def heads(self) -> int:
+        return next(iter(self.weights.values())).shape[1]
+
+    def detach(self) -> MemoryState:
+        """The same state cut from the autograd graph (truncated backpropagation)."""
+        cw = None if self.chunk_weights is None else _detach(self.chunk_weights)
+        return MemoryState(_detach(self.weights), _detach(self.momentum), cw, self.offset)
+
+
+def _detach(d: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach() for k, v in d.items()}

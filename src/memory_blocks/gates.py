@@ -1,0 +1,101 @@
+"""Gates: the data-dependent scalars theta (learning rate), eta (momentum), alpha (forgetting).
+
+A gate maps the tokens ``x`` ``(batch, seq, dim)`` to one value per (batch, head, token),
+shape ``(batch, heads, seq)`` (paper eqs. 13-14: ``theta_t``, ``eta_t``, ``alpha_t`` are
+functions of ``x_t``). :class:`LearnedGate` is ``max_value * sigmoid(w . x_t + b)`` per head,
+initialised so that every token starts at ``init``; :class:`ConstantGate` is a fixed value.
+With ``names``, a learned gate gives each named fast-weight tensor its own value (the
+camera-ready's per-layer step sizes), returned as a dict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+__all__ = ["ConstantGate", "Gate", "LearnedGate"]
+
+GateOutput = Float[Tensor, "batch heads seq"] | dict[str, Float[Tensor, "batch heads seq"]]
+
+
+class Gate(nn.Module):
+    """Base class of gates: ``forward(x) -> (batch, heads, seq)`` (or a dict of those)."""
+
+    heads: int
+
+    def forward(self, x: Float[Tensor, "batch seq dim"]) -> GateOutput:
+        raise NotImplementedError
+
+
+class LearnedGate(Gate):
+    """``max_value * sigmoid(W x_t + b)``, one value per head (and per named tensor).
+
+    Args:
+        dim: features of the input tokens.
+        heads: memory heads.
+        init: value of the gate at initialisation, for every token (strictly between 0 and
+            ``max_value``).
+        max_value: upper bound of the gate (``theta_max`` for the learning rate; 1 for eta
+            and alpha).
+        names: fast-weight names; when given, the gate returns a dict with one value per name.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        init: float,
+        max_value: float = 1.0,
+        names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if dim < 1 or heads < 1:
+            raise ValueError(f"LearnedGate: dim and heads must be >= 1, got {dim} and {heads}")
+        if not max_value > 0:
+            raise ValueError(f"LearnedGate: max_value must be > 0, got {max_value}")
+        if not 0 < init < max_value:
+            raise ValueError(
+                f"LearnedGate: init must lie strictly between 0 and max_value={max_value}, got {init}"
+            )
+        self.heads = heads
+        self.max_value = max_value
+        self.init = init
+        self.names = None if names is None else tuple(names)
+        width = heads * (1 if self.names is None else len(self.names))
+        self.proj = nn.Linear(dim, width)
+        nn.init.normal_(self.proj.weight, std=0.02)
+        p = init / max_value
+        nn.init.constant_(self.proj.bias, math.log(p / (1 - p)))
+
+    def forward(self, x: Float[Tensor, "batch seq dim"]) -> GateOutput:
+        g = torch.sigmoid(self.proj(x)) * self.max_value  # (batch, seq, heads * n)
+        if self.names is None:
+            return g.transpose(1, 2)
+        g = g.unflatten(-1, (len(self.names), self.heads)).permute(2, 0, 3, 1)
+        return {name: g[i] for i, name in enumerate(self.names)}
+
+    def extra_repr(self) -> str:
+        names = "" if self.names is None else f", names={list(self.names)}"
+        return f"heads={self.heads}, init={self.init}, max_value={self.max_value}{names}"
+
+
+class ConstantGate(Gate):
+    """The same value for every token and head (no parameters)."""
+
+    def __init__(self, value: float, heads: int = 1) -> None:
+        super().__init__()
+        if not 0 <= value:
+            raise ValueError(f"ConstantGate: value must be >= 0, got {value}")
+        self.value = float(value)
+        self.heads = heads
+
+    def forward(self, x: Float[Tensor, "batch seq dim"]) -> Float[Tensor, "batch heads seq"]:
+        return x.new_full((x.shape[0], self.heads, x.shape[1]), self.value)
+
+    def extra_repr(self) -> str:
+        return f"value={self.value}, heads={self.heads}"

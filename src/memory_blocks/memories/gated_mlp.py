@@ -1,0 +1,50 @@
+"""A SwiGLU memory: ``f(W; x) = x + LN(W_down (silu(W_gate x) * W_up x))``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from memory_blocks.memories.base import MemoryModel
+from memory_blocks.memories.mlp import fast_matrix, residual_norm
+
+__all__ = ["GatedMLPMemory"]
+
+
+class GatedMLPMemory(MemoryModel):
+    """A gated (SwiGLU-style) MLP memory, by default in the residual-and-LayerNorm form.
+
+    Fast weights ``w_gate``, ``w_up`` ``(hidden, dim)``, ``w_down`` ``(dim, hidden)`` with
+    ``hidden = round(dim * expansion)``, and ``norm_weight`` ``(dim,)`` in the residual form.
+
+    Args:
+        dim: features of keys, values, queries and retrievals.
+        expansion: hidden width as a multiple of ``dim``.
+        residual_norm: the residual-and-LayerNorm form (on by default).
+    """
+
+    def __init__(self, dim: int, expansion: float = 2.0, *, residual_norm: bool = True) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"GatedMLPMemory: dim must be >= 1, got {dim}")
+        if expansion <= 0:
+            raise ValueError(f"GatedMLPMemory: expansion must be > 0, got {expansion}")
+        self.dim_in = self.dim_out = dim
+        self.hidden = max(1, round(dim * expansion))
+        self.residual_norm = residual_norm
+        self.w_gate = fast_matrix(self.hidden, dim)
+        self.w_up = fast_matrix(self.hidden, dim)
+        self.w_down = fast_matrix(dim, self.hidden)
+        if residual_norm:
+            self.norm_weight = nn.Parameter(torch.ones(dim))
+
+    def forward_ops(self, ops: Any, x: Tensor) -> Tensor:
+        h = F.silu(ops.linear("w_gate", x)) * ops.linear("w_up", x)
+        h = ops.linear("w_down", h)
+        return residual_norm(ops, x, h) if self.residual_norm else h
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim_in}, hidden={self.hidden}, residual_norm={self.residual_norm}"

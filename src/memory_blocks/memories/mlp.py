@@ -1,0 +1,83 @@
+"""The deep memory: an MLP, by default in the residual form ``x + LN(W_L s(... W_1 x))``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from memory_blocks.memories.activations import get_activation
+from memory_blocks.memories.base import MemoryModel
+
+__all__ = ["MLPMemory", "residual_norm"]
+
+
+def residual_norm(ops: Any, x: Tensor, h: Tensor) -> Tensor:
+    """``x + LN(h) * g`` with a fast-weight gain ``g`` named ``norm_weight``."""
+    return x + F.layer_norm(h, h.shape[-1:]) * ops.vector("norm_weight")
+
+
+def fast_matrix(dim_out: int, dim_in: int) -> nn.Parameter:
+    """An initial fast weight with unit-variance outputs for unit-variance inputs."""
+    return nn.Parameter(torch.randn(dim_out, dim_in) / math.sqrt(dim_in))
+
+
+class MLPMemory(MemoryModel):
+    """``f(W; x) = x + LN(W_L s(... s(W_1 x)))`` (camera-ready §3, ``L_M = depth``).
+
+    Fast weights ``w1 .. w{depth}`` (``w1``: ``(hidden, dim)``, last: ``(dim, hidden)``,
+    ``hidden = round(dim * expansion)``; with ``depth = 1`` just ``w1``: ``(dim, dim)``) and,
+    in the residual form, the LayerNorm gain ``norm_weight`` ``(dim,)``.
+
+    Args:
+        dim: features of keys, values, queries and retrievals.
+        depth: linear layers ``L_M`` (>= 1).
+        expansion: hidden width as a multiple of ``dim``.
+        activation: ``"gelu"`` (default), ``"silu"``, ``"relu"``, ``"tanh"`` or ``"identity"``.
+        residual_norm: the residual-and-LayerNorm form (on by default); off gives a plain MLP.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int = 2,
+        expansion: float = 4.0,
+        *,
+        activation: str = "gelu",
+        residual_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"MLPMemory: dim must be >= 1, got {dim}")
+        if depth < 1:
+            raise ValueError(f"MLPMemory: depth must be >= 1, got {depth}")
+        if expansion <= 0:
+            raise ValueError(f"MLPMemory: expansion must be > 0, got {expansion}")
+        self.dim_in = self.dim_out = dim
+        self.depth = depth
+        self.hidden = max(1, round(dim * expansion))
+        self.activation_name = activation
+        self.activation = get_activation(activation)
+        self.residual_norm = residual_norm
+        sizes = [dim] + [self.hidden] * (depth - 1) + [dim]
+        for i in range(depth):
+            self.register_parameter(f"w{i + 1}", fast_matrix(sizes[i + 1], sizes[i]))
+        if residual_norm:
+            self.norm_weight = nn.Parameter(torch.ones(dim))
+
+    def forward_ops(self, ops: Any, x: Tensor) -> Tensor:
+        h = x
+        for i in range(self.depth):
+            if i > 0:
+                h = self.activation(h)
+            h = ops.linear(f"w{i + 1}", h)
+        return residual_norm(ops, x, h) if self.residual_norm else h
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim_in}, depth={self.depth}, hidden={self.hidden}, "
+            f"activation={self.activation_name!r}, residual_norm={self.residual_norm}"
+        )

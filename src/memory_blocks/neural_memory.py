@@ -1,0 +1,266 @@
+"""``NeuralMemory``: the long-term memory layer (paper section 3), composed of injected parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from memory_blocks.functional.chunked import memorize
+from memory_blocks.functional.retrieve import retrieve
+from memory_blocks.functional.state import MemoryState
+from memory_blocks.gates import ConstantGate, Gate, LearnedGate
+from memory_blocks.layers.conv import CausalDepthwiseConv
+from memory_blocks.layers.norm import RMSNorm
+from memory_blocks.memories.base import MemoryModel
+from memory_blocks.memories.mlp import MLPMemory
+from memory_blocks.objectives import Objective, SquaredError
+from memory_blocks.optimizers import OPTIMIZERS, InnerOptimizer
+
+__all__ = ["NeuralMemory", "NeuralMemoryState"]
+
+_LEARNED = "learned"
+
+
+@dataclass(frozen=True)
+class NeuralMemoryState:
+    """The state of a :class:`NeuralMemory` between calls.
+
+    Attributes:
+        memory: the fast weights and momentum (:class:`MemoryState`).
+        conv: the last ``conv_kernel - 1`` projected tokens ``(batch, conv_kernel - 1,
+            3 * heads * dim_head)``, or ``None`` without convolution.
+    """
+
+    memory: MemoryState
+    conv: Tensor | None
+
+    def detach(self) -> NeuralMemoryState:
+        return NeuralMemoryState(self.memory.detach(), None if self.conv is None else self.conv.detach())
+
+
+class NeuralMemory(nn.Module):
+    """A multi-head neural memory that learns at test time, with its projections and gates.
+
+    Data flow for tokens ``x`` ``(batch, seq, dim)`` (paper eqs. 11-16 and section 4.4)::
+
+        x --W_qkv--> conv (causal, depthwise) --SiLU--> q, k, v per head
+        q, k --l2 normalise-->
+        theta(x), eta(x), alpha(x)  (gates, per head and token)
+        y = memorize(memory, q, k, v, theta, eta, alpha)   # write k->v, read q (eqs. 12-16)
+        y --RMSNorm--> * sigmoid(W_g x) --W_o--> out
+
+    Args:
+        dim: model width.
+        heads: memory heads; each head has its own fast weights, all starting at the memory
+            model's ``W_0``.
+        chunk_size: tokens whose gradients share the chunk-start weights (eq. 16).
+        memory: the memory model ``f(W; x)``, with ``dim_in == dim_out == dim_head``; default
+            ``MLPMemory(dim_head, depth=2, expansion=4)``.
+        dim_head: features per head; default ``dim // heads``.
+        objective: the inner loss; default :class:`SquaredError` (eq. 12).
+        optimizer: :class:`Momentum` (default, eq. 13) or :class:`GradientDescent`, or their
+            names ``"momentum"`` / ``"gd"``.
+        lr_gate: ``theta``: a :class:`Gate`, a float (constant), or ``"learned"`` (default:
+            ``LearnedGate(init=0.1, max_value=1)``).
+        momentum_gate: ``eta``: as above (default learned, init 0.9); must be left at its
+            default with gradient descent.
+        decay_gate: ``alpha``: as above (default learned, init 0.01), or ``None`` for no
+            forgetting.
+        per_tensor_lr: with the default learned ``lr_gate``, give each fast-weight tensor its
+            own learning rate.
+        conv_kernel: taps of the causal depthwise convolution after the projections; 0 or
+            ``None`` disables it.
+        qkv_silu: SiLU after the projections (and convolution).
+        qk_norm: l2-normalise queries and keys.
+        output_norm: RMSNorm on each head's retrieval.
+        output_gate: multiply the retrieval by ``sigmoid(W_g x)`` before the output projection.
+        block_chunks, checkpoint: speed and memory knobs of :func:`memorize` (results do not
+            depend on them).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 1,
+        chunk_size: int = 16,
+        memory: MemoryModel | None = None,
+        *,
+        dim_head: int | None = None,
+        objective: Objective | None = None,
+        optimizer: InnerOptimizer | str = "momentum",
+        lr_gate: Gate | float | str = _LEARNED,
+        momentum_gate: Gate | float | str | None = _LEARNED,
+        decay_gate: Gate | float | str | None = _LEARNED,
+        per_tensor_lr: bool = False,
+        conv_kernel: int | None = 4,
+        qkv_silu: bool = True,
+        qk_norm: bool = True,
+        output_norm: bool = True,
+        output_gate: bool = True,
+        block_chunks: int = 4,
+        checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"NeuralMemory: dim must be >= 1, got {dim}")
+        if heads < 1:
+            raise ValueError(f"NeuralMemory: heads must be >= 1, got {heads}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"NeuralMemory: chunk_size must be an integer >= 1, got {chunk_size!r}")
+        if dim_head is None:
+            if dim % heads:
+                raise ValueError(
+                    f"NeuralMemory: heads={heads} does not divide dim={dim}; pass dim_head explicitly"
+                )
+            dim_head = dim // heads
+        if dim_head < 1:
+            raise ValueError(f"NeuralMemory: dim_head must be >= 1, got {dim_head}")
+        if memory is None:
+            memory = MLPMemory(dim_head, depth=2, expansion=4.0)
+        if not isinstance(memory, MemoryModel):
+            raise ValueError(
+                f"NeuralMemory: memory must be a MemoryModel (wrap a plain nn.Module in "
+                f"ModuleMemory), got {type(memory).__name__}"
+            )
+        if memory.dim_in != dim_head or memory.dim_out != dim_head:
+            raise ValueError(
+                f"NeuralMemory: the memory model maps {memory.dim_in} -> {memory.dim_out} features "
+                f"but each head has dim_head={dim_head}; build it with dim {dim_head}"
+            )
+        if isinstance(optimizer, str):
+            if optimizer not in OPTIMIZERS:
+                raise ValueError(
+                    f"NeuralMemory: unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}"
+                )
+            optimizer = OPTIMIZERS[optimizer]()
+        if not optimizer.uses_momentum and momentum_gate not in (_LEARNED, None):
+            raise ValueError(
+                "NeuralMemory: momentum_gate was given but the optimizer "
+                f"{type(optimizer).__name__} uses no momentum"
+            )
+        if conv_kernel is not None and conv_kernel < 0:
+            raise ValueError(f"NeuralMemory: conv_kernel must be >= 0 or None, got {conv_kernel}")
+
+        self.dim, self.heads, self.dim_head, self.chunk_size = dim, heads, dim_head, chunk_size
+        self.memory = memory
+        self.objective = objective if objective is not None else SquaredError()
+        self.optimizer = optimizer
+        self.qkv_silu, self.qk_norm = qkv_silu, qk_norm
+        self.block_chunks, self.checkpoint = block_chunks, checkpoint
+        inner = heads * dim_head
+        self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.conv = CausalDepthwiseConv(3 * inner, conv_kernel) if conv_kernel else None
+        names = list(memory.initial_weights()) if per_tensor_lr else None
+        self.lr_gate = self._gate("lr_gate", lr_gate, dim, init=0.1, names=names)
+        self.momentum_gate = (
+            self._gate("momentum_gate", momentum_gate, dim, init=0.9) if optimizer.uses_momentum else None
+        )
+        self.decay_gate = self._gate("decay_gate", decay_gate, dim, init=0.01)
+        self.out_norm = RMSNorm(dim_head) if output_norm else None
+        self.to_gate = nn.Linear(dim, inner, bias=False) if output_gate else None
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def _gate(
+        self,
+        what: str,
+        gate: Gate | float | str | None,
+        dim: int,
+        *,
+        init: float,
+        names: list[str] | None = None,
+    ) -> Gate | None:
+        if gate is None:
+            if what == "lr_gate":
+                raise ValueError("NeuralMemory: lr_gate cannot be None (the memory would never learn)")
+            return None
+        if isinstance(gate, str):
+            if gate != _LEARNED:
+                raise ValueError(f"NeuralMemory: {what} must be a Gate, a float, None or 'learned', got {gate!r}")
+            return LearnedGate(dim, self.heads, init=init, names=names)
+        if isinstance(gate, (int, float)) and not isinstance(gate, bool):
+            return ConstantGate(float(gate), self.heads)
+        if isinstance(gate, Gate):
+            if gate.heads != self.heads:
+                raise ValueError(f"NeuralMemory: {what} has {gate.heads} heads, expected {self.heads}")
+            return gate
+        raise ValueError(f"NeuralMemory: {what} must be a Gate, a float, None or 'learned', got {type(gate).__name__}")
+
+    def init_state(self, batch: int) -> NeuralMemoryState:
+        """The state before any token: ``W_0``, zero momentum, an empty convolution history."""
+        return NeuralMemoryState(self.memory.init_state(batch, self.heads), None)
+
+    def _qkv(
+        self, x: Tensor, conv_state: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        h = self.to_qkv(x)
+        new_conv = None
+        if self.conv is not None:
+            h, new_conv = self.conv(h, conv_state)
+        if self.qkv_silu:
+            h = F.silu(h)
+        q, k, v = h.unflatten(-1, (3, self.heads, self.dim_head)).permute(2, 0, 3, 1, 4)
+        if self.qk_norm:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        return q, k, v, new_conv
+
+    def _check(self, x: Tensor, state: NeuralMemoryState | None) -> None:
+        if x.ndim != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"NeuralMemory: expected x of shape (batch, seq, {self.dim}), got {tuple(x.shape)}")
+        if x.shape[1] < 1:
+            raise ValueError("NeuralMemory: the sequence is empty (seq = 0)")
+        if state is not None and state.memory.batch != x.shape[0]:
+            raise ValueError(
+                f"NeuralMemory: the state is for batch {state.memory.batch}, the input has batch {x.shape[0]}"
+            )
+
+    def forward(
+        self, x: Float[Tensor, "batch seq dim"], state: NeuralMemoryState | None = None
+    ) -> tuple[Float[Tensor, "batch seq dim"], NeuralMemoryState]:
+        """Writes every token into the memory and reads it back after its own write.
+
+        Returns the output ``(batch, seq, dim)`` and the state to pass with the next piece of
+        the same sequences (pieces of any length give the same result as one call).
+        """
+        self._check(x, state)
+        q, k, v, conv = self._qkv(x, None if state is None else state.conv)
+        lr = self.lr_gate(x)
+        eta = None if self.momentum_gate is None else self.momentum_gate(x)
+        alpha = None if self.decay_gate is None else self.decay_gate(x)
+        y, mem = memorize(
+            self.memory, q, k, v, lr, eta, alpha,
+            chunk_size=self.chunk_size,
+            state=None if state is None else state.memory,
+            objective=self.objective,
+            block_chunks=self.block_chunks,
+            checkpoint=self.checkpoint,
+        )
+        return self._output(x, y), NeuralMemoryState(mem, conv)
+
+    def retrieve(
+        self, x: Float[Tensor, "batch seq dim"], state: NeuralMemoryState | None = None
+    ) -> Float[Tensor, "batch seq dim"]:
+        """Reads the memory as it stands in ``state`` with queries from ``x``, writing nothing
+        (paper eq. 15; MAC reads the memory this way before a segment). The convolution
+        history of the state is used but not advanced."""
+        self._check(x, state)
+        q, _, _, _ = self._qkv(x, None if state is None else state.conv)
+        mem = state.memory if state is not None else self.memory.init_state(x.shape[0], self.heads)
+        return self._output(x, retrieve(self.memory, mem, q))
+
+    def _output(self, x: Tensor, y: Tensor) -> Tensor:
+        if self.out_norm is not None:
+            y = self.out_norm(y)
+        y = y.transpose(1, 2).flatten(2)  # (batch, seq, heads * dim_head)
+        if self.to_gate is not None:
+            y = y * torch.sigmoid(self.to_gate(x))
+        return self.to_out(y)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, chunk_size={self.chunk_size}, "
+            f"optimizer={type(self.optimizer).__name__}, objective={self.objective}"
+        )
