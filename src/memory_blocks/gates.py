@@ -49,8 +49,8 @@ class LearnedGate(Gate):
         dim: int,
         heads: int,
         *,
-        init: float,
-        max_value: float = 1.0,
+        init: int | float,
+        max_value: int | float = 1.0,
         names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
@@ -87,7 +87,7 @@ class LearnedGate(Gate):
 class ConstantGate(Gate):
     """The same value for every token and head (no parameters)."""
 
-    def __init__(self, value: float, heads: int = 1) -> None:
+    def __init__(self, value: int | float, heads: int = 1) -> None:
         super().__init__()
         if not 0 <= value:
             raise ValueError(f"ConstantGate: value must be >= 0, got {value}")

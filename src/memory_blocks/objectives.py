@@ -41,7 +41,7 @@ class SquaredError(Objective):
 class Huber(Objective):
     """Huber loss summed over features: squared inside ``|r| <= delta``, linear outside."""
 
-    delta: float = 1.0
+    delta: int | float = 1.0
 
     def __post_init__(self) -> None:
         if not self.delta > 0:
@@ -57,7 +57,7 @@ class Huber(Objective):
 class LpError(Objective):
     """``||pred - target||_p^p`` summed over features (``p > 1`` keeps the gradient smooth)."""
 
-    p: float = 3.0
+    p: int | float = 3.0
 
     def __post_init__(self) -> None:
         if not self.p > 1:

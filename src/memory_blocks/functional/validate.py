@@ -24,7 +24,7 @@ def check_memorize_args(
     lr: Tensor | dict[str, Tensor],
     momentum: Tensor | None,
     decay: Tensor | None,
-    chunk_size: int,
+    chunk_size: object,
     state: MemoryState | None,
 ) -> dict[str, Tensor]:
     """Validates the arguments of ``memorize``/``memorize_naive``; returns lr per fast weight."""

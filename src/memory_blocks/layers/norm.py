@@ -18,7 +18,7 @@ class RMSNorm(nn.Module):
         affine: learn a per-feature gain ``weight`` (initialised to ones).
     """
 
-    def __init__(self, dim: int, *, eps: float = 1e-6, affine: bool = True) -> None:
+    def __init__(self, dim: int, *, eps: int | float = 1e-6, affine: bool = True) -> None:
         super().__init__()
         if dim < 1:
             raise ValueError(f"RMSNorm: dim must be >= 1, got {dim}")

@@ -26,7 +26,7 @@ class GatedMLPMemory(MemoryModel):
         residual_norm: the residual-and-LayerNorm form (on by default).
     """
 
-    def __init__(self, dim: int, expansion: float = 2.0, *, residual_norm: bool = True) -> None:
+    def __init__(self, dim: int, expansion: int | float = 2.0, *, residual_norm: bool = True) -> None:
         super().__init__()
         if dim < 1:
             raise ValueError(f"GatedMLPMemory: dim must be >= 1, got {dim}")

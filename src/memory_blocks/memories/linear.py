@@ -28,7 +28,7 @@ class LinearMemory(MemoryModel):
         init_std: standard deviation of ``W_0`` (0: the memory starts empty).
     """
 
-    def __init__(self, dim_in: int, dim_out: int, bias: bool = False, *, init_std: float = 0.0) -> None:
+    def __init__(self, dim_in: int, dim_out: int, bias: bool = False, *, init_std: int | float = 0.0) -> None:
         super().__init__()
         if dim_in < 1 or dim_out < 1:
             raise ValueError(f"LinearMemory: dim_in and dim_out must be >= 1, got {dim_in}, {dim_out}")

@@ -44,7 +44,7 @@ class MLPMemory(MemoryModel):
         self,
         dim: int,
         depth: int = 2,
-        expansion: float = 4.0,
+        expansion: int | float = 4.0,
         *,
         activation: str = "gelu",
         residual_norm: bool = True,
