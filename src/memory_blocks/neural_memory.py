@@ -65,7 +65,9 @@ class NeuralMemory(nn.Module):
         optimizer: :class:`Momentum` (default, eq. 13) or :class:`GradientDescent`, or their
             names ``"momentum"`` / ``"gd"``.
         lr_gate: ``theta``: a :class:`Gate`, a float (constant), or ``"learned"`` (default:
-            ``LearnedGate(init=0.1, max_value=1)``).
+            ``LearnedGate(init=0.01, max_value=0.1)``). The inner loss sums over features, so
+            the stable step size shrinks with the memory's width and depth: about 0.1 suits a
+            linear memory of 64 features, 0.003 a 2-layer MLP memory of that width.
         momentum_gate: ``eta``: as above (default learned, init 0.9); must be left at its
             default with gradient descent.
         decay_gate: ``alpha``: as above (default learned, init 0.01), or ``None`` for no
@@ -155,7 +157,7 @@ class NeuralMemory(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.conv = CausalDepthwiseConv(3 * inner, conv_kernel) if conv_kernel else None
         names = list(memory.initial_weights()) if per_tensor_lr else None
-        self.lr_gate = self._gate("lr_gate", lr_gate, dim, init=0.1, names=names)
+        self.lr_gate = self._gate("lr_gate", lr_gate, dim, init=0.01, max_value=0.1, names=names)
         self.momentum_gate = (
             self._gate("momentum_gate", momentum_gate, dim, init=0.9) if optimizer.uses_momentum else None
         )
@@ -171,6 +173,7 @@ class NeuralMemory(nn.Module):
         dim: int,
         *,
         init: float,
+        max_value: float = 1.0,
         names: list[str] | None = None,
     ) -> Gate | None:
         if gate is None:
@@ -180,7 +183,7 @@ class NeuralMemory(nn.Module):
         if isinstance(gate, str):
             if gate != _LEARNED:
                 raise ValueError(f"NeuralMemory: {what} must be a Gate, a float, None or 'learned', got {gate!r}")
-            return LearnedGate(dim, self.heads, init=init, names=names)
+            return LearnedGate(dim, self.heads, init=init, max_value=max_value, names=names)
         if isinstance(gate, (int, float)) and not isinstance(gate, bool):
             return ConstantGate(float(gate), self.heads)
         if isinstance(gate, Gate):
@@ -192,6 +195,20 @@ class NeuralMemory(nn.Module):
     def init_state(self, batch: int) -> NeuralMemoryState:
         """The state before any token: ``W_0``, zero momentum, an empty convolution history."""
         return NeuralMemoryState(self.memory.init_state(batch, self.heads), None)
+
+    def project(
+        self, x: Float[Tensor, "batch seq dim"], state: NeuralMemoryState | None = None
+    ) -> tuple[
+        Float[Tensor, "batch heads seq dim_head"],
+        Float[Tensor, "batch heads seq dim_head"],
+        Float[Tensor, "batch heads seq dim_head"],
+    ]:
+        """The queries, keys and values the layer would write and read for ``x`` (eq. 11),
+        per head, after the convolution (continuing the history in ``state``), SiLU and
+        normalisation."""
+        self._check(x, state)
+        q, k, v, _ = self._qkv(x, None if state is None else state.conv)
+        return q, k, v
 
     def _qkv(
         self, x: Tensor, conv_state: Tensor | None
