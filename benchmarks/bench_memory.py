@@ -1,0 +1,190 @@
+"""Speed and memory of the neural memory (NeuralMemory forward + backward).
+
+Configuration of the issue: dim 256, one head, 2-layer MLP memory with expansion 4, chunk 16,
+batch 2, float32, 2 threads. Every measurement runs in a fresh process so that its peak
+memory is its own (CPU: the process' peak resident set; CUDA: peak allocated by torch).
+
+    python benchmarks/bench_memory.py                  # the table of docs/benchmarks.md
+    python benchmarks/bench_memory.py --device cuda --lengths 1024,4096,16384,65536
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def _setup(device: str, threads: int) -> None:
+    if device == "cpu":
+        torch.set_num_threads(threads)
+
+
+def _layer(args: argparse.Namespace, block_chunks: int, checkpoint: bool):
+    from memory_blocks import MLPMemory, NeuralMemory
+
+    torch.manual_seed(0)
+    return NeuralMemory(
+        args.dim, heads=1, chunk_size=args.chunk,
+        memory=MLPMemory(args.dim, depth=2, expansion=4),
+        block_chunks=block_chunks, checkpoint=checkpoint,
+    ).to(args.device)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """One measurement: tokens/s of forward+backward and the peak memory."""
+    _setup(args.device, args.threads)
+    layer = _layer(args, args.block_chunks, args.checkpoint)
+    x = torch.randn(args.batch, args.worker, args.dim, device=args.device)
+
+    def step() -> None:
+        y, _ = layer(x)
+        y.square().mean().backward()
+
+    step()  # warm-up
+    _sync(args.device)
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        step()
+        _sync(args.device)
+        times.append(time.perf_counter() - start)
+    t = min(times)
+    if args.device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    return {"tokens_per_s": args.batch * args.worker / t, "seconds": t, "peak_mib": peak}
+
+
+def baseline_worker(args: argparse.Namespace) -> dict:
+    """The memory of the process with the layer built and nothing run (CPU baseline)."""
+    _setup(args.device, args.threads)
+    _layer(args, 4, False)
+    return {"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def naive_vs_parallel(args: argparse.Namespace, seq: int) -> tuple[float, float]:
+    """Forward+backward seconds of memorize_naive and memorize on the same inputs."""
+    from memory_blocks import MLPMemory, memorize, memorize_naive
+
+    torch.manual_seed(0)
+    mem = MLPMemory(args.dim, depth=2, expansion=4).to(args.device)
+    shape = (args.batch, 1, seq, args.dim)
+    leaves = [torch.nn.functional.normalize(torch.randn(shape, device=args.device), dim=-1).requires_grad_() for _ in range(3)]
+    gates = [torch.rand(args.batch, 1, seq, device=args.device) * s for s in (0.01, 0.9, 0.01)]
+    out = []
+    for fn in (memorize_naive, memorize):
+        def step() -> None:
+            y, _ = fn(mem, *leaves, *gates, chunk_size=args.chunk)
+            y.square().mean().backward()
+        step()
+        _sync(args.device)
+        start = time.perf_counter()
+        step()
+        _sync(args.device)
+        out.append(time.perf_counter() - start)
+    return out[0], out[1]
+
+
+def flops_and_matmul_rate(args: argparse.Namespace, seq: int) -> tuple[float, float, float]:
+    """FLOPs of one forward+backward (counted by torch), its GFLOP/s, and a plain matmul's GFLOP/s."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = _layer(args, 4, False)
+    x = torch.randn(args.batch, seq, args.dim, device=args.device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        y, _ = layer(x)
+        y.square().mean().backward()
+    flops = counter.get_total_flops()
+    y, _ = layer(x)
+    y.square().mean().backward()
+    _sync(args.device)
+    start = time.perf_counter()
+    y, _ = layer(x)
+    y.square().mean().backward()
+    _sync(args.device)
+    achieved = flops / (time.perf_counter() - start) / 1e9
+    n = 2048
+    a, b = torch.randn(n, n, device=args.device), torch.randn(n, n, device=args.device)
+    a @ b
+    _sync(args.device)
+    start = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    _sync(args.device)
+    matmul = 5 * 2 * n**3 / (time.perf_counter() - start) / 1e9
+    return flops, achieved, matmul
+
+
+def run_worker(args: argparse.Namespace, seq: int | str, block_chunks: int, checkpoint: bool) -> dict:
+    cmd = [
+        sys.executable, __file__, "--worker", str(seq), "--device", args.device,
+        "--threads", str(args.threads), "--dim", str(args.dim), "--chunk", str(args.chunk),
+        "--batch", str(args.batch), "--repeats", str(args.repeats), "--block-chunks", str(block_chunks),
+    ] + (["--checkpoint"] if checkpoint else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--chunk", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--lengths", default="1024,4096,16384")
+    parser.add_argument("--block-chunks", type=int, default=4)
+    parser.add_argument("--checkpoint", action="store_true")
+    parser.add_argument("--naive-length", type=int, default=256)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker == "baseline":
+        print(json.dumps(baseline_worker(args)))
+        return
+    if args.worker is not None:
+        args.worker = int(args.worker)
+        print(json.dumps(worker(args)))
+        return
+
+    print(f"NeuralMemory forward+backward: dim {args.dim}, 1 head, MLP memory depth 2 x4, chunk {args.chunk}, "
+          f"batch {args.batch}, float32, device {args.device}"
+          + (f", {args.threads} threads" if args.device == "cpu" else "")
+          + f", torch {torch.__version__}")
+    base = run_worker(args, "baseline", 4, False)["peak_mib"] if args.device == "cpu" else 0.0
+    if args.device == "cpu":
+        print(f"process baseline (torch + layer, nothing run): {base:.0f} MiB")
+    print(f"{'tokens':>8} {'block':>6} {'ckpt':>5} {'tokens/s':>10} {'s/step':>8} {'peak MiB':>9} {'vs 1K':>6}")
+    first = None
+    for seq in [int(s) for s in args.lengths.split(",")]:
+        r = run_worker(args, seq, args.block_chunks, args.checkpoint)
+        first = first or r["tokens_per_s"]
+        print(f"{seq:>8} {args.block_chunks:>6} {str(args.checkpoint):>5} {r['tokens_per_s']:>10,.0f} "
+              f"{r['seconds']:>8.2f} {r['peak_mib']:>9,.0f} {r['tokens_per_s'] / first:>6.2f}")
+    _setup(args.device, args.threads)
+    naive, par = naive_vs_parallel(args, args.naive_length)
+    print(f"memorize vs memorize_naive at {args.naive_length} tokens (fwd+bwd): "
+          f"{naive:.2f} s vs {par:.3f} s = {naive / par:,.0f}x")
+    flops, achieved, matmul = flops_and_matmul_rate(args, 1024)
+    print(f"at 1024 tokens: {flops / 2048 / 1e6:.1f} MFLOP per token (torch's count), {achieved:.0f} GFLOP/s "
+          f"achieved; plain 2048^3 matmul: {matmul:.0f} GFLOP/s ({achieved / matmul:.0%})")
+
+
+if __name__ == "__main__":
+    main()
