@@ -46,7 +46,7 @@ def memorize(
     chunk_size: int,
     state: MemoryState | None = None,
     objective: Callable[[Tensor, Tensor], Tensor] = squared_error,
-    block_chunks: int = 16,
+    block_chunks: int = 4,
     checkpoint: bool = False,
 ) -> tuple[Float[Tensor, "batch heads seq dim_out"], MemoryState]:
     """Write ``(k_t, v_t)`` into the memory and read ``q_t``: the fast parallel form.

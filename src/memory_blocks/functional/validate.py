@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from memory_blocks.functional.state import MemoryState
@@ -28,6 +29,11 @@ def check_memorize_args(
     state: MemoryState | None,
 ) -> dict[str, Tensor]:
     """Validates the arguments of ``memorize``/``memorize_naive``; returns lr per fast weight."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{fn}: the memory writes by taking gradients, which torch.inference_mode() forbids; "
+            "use torch.no_grad() instead (it is as fast here)"
+        )
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"{fn}: chunk_size must be an integer >= 1, got {chunk_size!r}")
     for name, t in (("q", q), ("k", k), ("v", v)):

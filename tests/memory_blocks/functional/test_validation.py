@@ -99,3 +99,9 @@ def test_state_invariants() -> None:
         MemoryState({"a": torch.zeros(2)}, {"a": torch.zeros(2)})
     s = MemoryState(w, w)
     assert dataclasses.replace(s, offset=0).offset == 0
+
+
+def test_inference_mode_is_refused_with_a_clear_message(setup) -> None:
+    mem, x = setup
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="use torch.no_grad"):
+        memorize(mem, *x.args(), chunk_size=2)
