@@ -20,18 +20,26 @@ from torch import Tensor
 from memory_blocks.functional.fast_ops import DirectOps, DualOps, Factor, KeyPathOps
 from memory_blocks.functional.recurrence import ChunkCoefficients, momentum_at_end, weights_at
 
-__all__ = ["factored_block", "weighted_gradient_sum"]
+__all__ = ["factored_block", "subtract_gradients"]
 
 Weights = dict[str, Tensor]
 
 
-def weighted_gradient_sum(factor: Factor, c: Tensor) -> Tensor:
-    """``sum_i c_i g_i`` for factored per-token gradients, ``c`` of shape (batch, heads, M)."""
+def subtract_gradients(base: Tensor, factor: Factor, c: Tensor) -> Tensor:
+    """``base - sum_i c_i g_i`` for factored per-token gradients, ``c`` of shape
+    (batch, heads, M); for a matrix, one fused ``baddbmm`` (a single pass over the weights)."""
     if len(factor) == 2:
         delta, x = factor
-        return delta.mT @ (c.unsqueeze(-1) * x)
+        lead = base.shape[:-2]
+        out = torch.baddbmm(
+            base.reshape(-1, *base.shape[-2:]),
+            delta.mT.reshape(-1, delta.shape[-1], delta.shape[-2]),
+            (c.unsqueeze(-1) * x).reshape(-1, *x.shape[-2:]),
+            alpha=-1,
+        )
+        return out.view(*lead, *out.shape[-2:])
     (g,) = factor
-    return (c.unsqueeze(-2) @ g).squeeze(-2)
+    return base - (c.unsqueeze(-2) @ g).squeeze(-2)
 
 
 def _cat(parts: list[dict[str, Factor]]) -> dict[str, Factor]:
@@ -98,13 +106,13 @@ def factored_block(
     factors = _cat(parts)
     y = memory.forward_ops(DualOps(weights, mom, coef.beta, coef.gamma, mix, factors), q)
 
-    def wsum(name: str, c: Tensor) -> Tensor:
-        return weighted_gradient_sum(factors[name], c)
+    def subtract(name: str, base: Tensor, c: Tensor) -> Tensor:
+        return subtract_gradients(base, factors[name], c)
 
-    new_weights = weights_at(weights, momentum, coef, lr_keys, n - 1, wsum)
-    new_momentum = momentum_at_end(momentum, coef, lr_keys, wsum)
+    new_weights = weights_at(weights, momentum, coef, lr_keys, n - 1, subtract)
+    new_momentum = momentum_at_end(momentum, coef, lr_keys, subtract)
     last_anchor = None
     if need_last_anchor:
         last = starts[-1]
-        last_anchor = anchor if last == 0 else weights_at(weights, momentum, coef, lr_keys, last - 1, wsum)
+        last_anchor = anchor if last == 0 else weights_at(weights, momentum, coef, lr_keys, last - 1, subtract)
     return y, new_weights, new_momentum, last_anchor

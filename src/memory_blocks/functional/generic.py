@@ -67,9 +67,9 @@ def generic_chunk(
 
     y = vmap(vmap(vmap(read)))(token_weights, q)
 
-    def wsum(name: str, c: Tensor) -> Tensor:
-        return (c.unsqueeze(-2) @ flat[name]).squeeze(-2).reshape(weights[name].shape)
+    def subtract(name: str, base: Tensor, c: Tensor) -> Tensor:
+        return base - (c.unsqueeze(-2) @ flat[name]).squeeze(-2).reshape(base.shape)
 
-    new_momentum = momentum_at_end(momentum, coef, lr_keys, wsum)
+    new_momentum = momentum_at_end(momentum, coef, lr_keys, subtract)
     new_weights = {n: tw[:, :, -1] for n, tw in token_weights.items()}
     return y, new_weights, new_momentum, anchor if need_last_anchor else None

@@ -132,20 +132,19 @@ def weights_at(
     coef: ChunkCoefficients,
     lr_keys: dict[str, str],
     row: int,
-    weighted_sum: Callable[[str, Tensor], Tensor],
+    subtract: Callable[[str, Tensor, Tensor], Tensor],
 ) -> dict[str, Tensor]:
     """``W`` after token ``row`` of the segment: ``beta W_s + gamma S_s - sum_i A_{row,i} g_i``.
 
-    ``weighted_sum(name, c)`` returns ``sum_i c_i g_i`` for coefficients ``c`` of shape
-    ``(batch, heads, M)`` over the segment's tokens.
+    ``subtract(name, base, c)`` returns ``base - sum_i c_i g_i`` for coefficients ``c`` of
+    shape ``(batch, heads, M)`` over the segment's tokens (fused where it can be).
     """
     out = {}
     for name, w in weights.items():
-        new = -weighted_sum(name, coef.mix[lr_keys[name]][..., row, :])
-        new = new + (w if coef.beta is None else _bh(coef.beta[..., row], w) * w)
+        base = w if coef.beta is None else _bh(coef.beta[..., row], w) * w
         if coef.gamma is not None:
-            new = new + _bh(coef.gamma[..., row], w) * momentum[name]
-        out[name] = new
+            base = torch.addcmul(base, _bh(coef.gamma[..., row], w), momentum[name])
+        out[name] = subtract(name, base, coef.mix[lr_keys[name]][..., row, :])
     return out
 
 
@@ -153,13 +152,13 @@ def momentum_at_end(
     momentum: dict[str, Tensor],
     coef: ChunkCoefficients,
     lr_keys: dict[str, str],
-    weighted_sum: Callable[[str, Tensor], Tensor],
+    subtract: Callable[[str, Tensor, Tensor], Tensor],
 ) -> dict[str, Tensor]:
     """``S`` after the segment's last token: ``E_L S_s - sum_i B_{L,i} g_i`` (unchanged
     without momentum)."""
     if coef.momentum_decay is None:
         return dict(momentum)
     return {
-        name: _bh(coef.momentum_decay, s) * s - weighted_sum(name, coef.momentum_mix[lr_keys[name]])
+        name: subtract(name, _bh(coef.momentum_decay, s) * s, coef.momentum_mix[lr_keys[name]])
         for name, s in momentum.items()
     }
