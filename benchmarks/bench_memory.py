@@ -104,7 +104,7 @@ def flops_and_matmul_rate(args: argparse.Namespace, seq: int) -> tuple[float, fl
     """FLOPs of one forward+backward (counted by torch), its GFLOP/s, and a plain matmul's GFLOP/s."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    layer = _layer(args, 4, False)
+    layer = _layer(args, args.block_chunks, args.checkpoint)
     x = torch.randn(args.batch, seq, args.dim, device=args.device)
     counter = FlopCounterMode(display=False)
     with counter:
