@@ -150,7 +150,9 @@ def _dense_mask(
     return (kp <= qp) & ((kp < num_prefix) | (kp > qp - window))
 
 
-def _masked_softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
+def _masked_softmax_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float
+) -> Tensor:
     scores = torch.matmul(q * scale, k.transpose(-1, -2)).masked_fill(~mask, float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1), v)
 
@@ -386,7 +388,8 @@ def segment_attention(
 
     def keys(pre: Tensor, mem: Tensor, own: Tensor) -> Tensor:
         pre = pre[:, :, None].expand(batch, heads, segments, num_prefix, dh)
-        return torch.cat([pre, blocks(mem, segments, per_segment), blocks(own, segments, segment)], 3)
+        mem, own = blocks(mem, segments, per_segment), blocks(own, segments, segment)
+        return torch.cat([pre, mem, own], dim=3)
 
     mask = _segment_mask(
         seq, segment, num_prefix, num_memory, per_segment, memory_visibility == "causal", q.device

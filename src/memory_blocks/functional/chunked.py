@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from memory_blocks.functional.block import factored_block
 from memory_blocks.functional.generic import generic_chunk
 from memory_blocks.functional.losses import squared_error
+from memory_blocks.functional.recompute import recompute_block
 from memory_blocks.functional.recurrence import ChunkCoefficients, chunk_coefficients
 from memory_blocks.functional.state import MemoryState
 from memory_blocks.functional.validate import check_memorize_args
@@ -108,8 +108,8 @@ def memorize(
             q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], coef, create_graph,
             ends_mid_chunk and i == len(segments) - 1,
         )
-        if use_checkpoint:
-            y, weights, mom, last_anchor = checkpoint_fn(step, *args, use_reentrant=False)
+        if use_checkpoint and not args[-1]:
+            y, weights, mom = recompute_block(step, *args[:-2])
         else:
             y, weights, mom, last_anchor = step(*args)
         ys.append(y)
