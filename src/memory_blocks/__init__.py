@@ -1,16 +1,19 @@
 """Interchangeable, shape-annotated components for neural memories that learn at test time.
 
 Layers (imports only go downward): ``functional`` (pure functions) < ``memories``,
-``objectives``, ``optimizers``, ``gates``, ``layers`` (components) < ``neural_memory``.
+``objectives``, ``optimizers``, ``gates``, ``layers``, ``attention``, ``persistent``
+(components) < ``neural_memory``.
 """
 
+from memory_blocks.attention import KVCache, SegmentAttention, SlidingWindowAttention
 from memory_blocks.functional import MemoryState, memorize, memorize_naive, retrieve
 from memory_blocks.gates import ConstantGate, Gate, LearnedGate
-from memory_blocks.layers import CausalDepthwiseConv, RMSNorm
+from memory_blocks.layers import CausalDepthwiseConv, RMSNorm, RotaryEmbedding, SwiGLU
 from memory_blocks.memories import GatedMLPMemory, LinearMemory, MemoryModel, MLPMemory, ModuleMemory
 from memory_blocks.neural_memory import NeuralMemory, NeuralMemoryState
 from memory_blocks.objectives import OBJECTIVES, DotProduct, Huber, LpError, Objective, SquaredError
 from memory_blocks.optimizers import OPTIMIZERS, GradientDescent, InnerOptimizer, Momentum
+from memory_blocks.persistent import PersistentMemory
 
 __all__ = [
     "OBJECTIVES",
@@ -23,6 +26,7 @@ __all__ = [
     "GradientDescent",
     "Huber",
     "InnerOptimizer",
+    "KVCache",
     "LearnedGate",
     "LinearMemory",
     "LpError",
@@ -34,8 +38,13 @@ __all__ = [
     "NeuralMemory",
     "NeuralMemoryState",
     "Objective",
+    "PersistentMemory",
     "RMSNorm",
+    "RotaryEmbedding",
+    "SegmentAttention",
+    "SlidingWindowAttention",
     "SquaredError",
+    "SwiGLU",
     "memorize",
     "memorize_naive",
     "retrieve",

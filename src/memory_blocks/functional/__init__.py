@@ -1,5 +1,7 @@
-"""Pure functions of the memory: write-and-read (parallel and naive), read, inner losses."""
+"""Pure functions: the memory's write-and-read (parallel and naive), read, inner losses, and
+windowed and segment attention."""
 
+from memory_blocks.functional.attention import segment_attention, sliding_window_attention, sliding_window_decode
 from memory_blocks.functional.chunked import memorize
 from memory_blocks.functional.fast_ops import DirectOps, DualOps, KeyPathOps
 from memory_blocks.functional.losses import dot_product, huber, lp_error, squared_error
@@ -21,6 +23,9 @@ __all__ = [
     "memorize",
     "memorize_naive",
     "retrieve",
+    "segment_attention",
     "segment_products",
+    "sliding_window_attention",
+    "sliding_window_decode",
     "squared_error",
 ]

@@ -79,11 +79,6 @@ def factored_block(
     mom = momentum if coef.gamma is not None else None
     mix = {name: coef.mix[key] for name, key in lr_keys.items()}
     starts = list(range(0, n, chunk))
-    stacked = None
-    if mom is not None:
-        stacked = {
-            name: torch.cat([w, mom[name]], dim=-2) for name, w in weights.items() if w.ndim == 4
-        }
     parts: list[dict[str, Factor]] = []
     for j, s in enumerate(starts):
         e = min(s + chunk, n)
@@ -100,7 +95,6 @@ def factored_block(
                 _rows(coef.gamma, s - 1, s),
                 {name: m[..., s - 1 : s, :s] for name, m in mix.items()},
                 _cat(parts),
-                stacked,
             )
         kk, vv = k[..., s:e, :], v[..., s:e, :]
         if not create_graph:
@@ -110,7 +104,7 @@ def factored_block(
             loss = objective(memory.forward_ops(ops, kk), vv).sum()
             parts.append(ops.factors(loss, create_graph))
     factors = _cat(parts)
-    y = memory.forward_ops(DualOps(weights, mom, coef.beta, coef.gamma, mix, factors, stacked), q)
+    y = memory.forward_ops(DualOps(weights, mom, coef.beta, coef.gamma, mix, factors), q)
 
     def subtract(name: str, base: Tensor, c: Tensor) -> Tensor:
         return subtract_gradients(base, factors[name], c)

@@ -117,8 +117,6 @@ class DualOps:
         gamma: ``(batch, heads, rows)``, the weight of ``S_s``, or ``None``.
         mix: name -> ``(batch, heads, rows, M)``, ``A``.
         factors: name -> the per-token gradient factors of the ``M`` source tokens.
-        stacked: optionally, name -> ``cat([W_s, S_s], dim=-2)`` for matrix fast weights, so
-            that one product reads both (fewer, larger products and one gradient per read).
     """
 
     def __init__(
@@ -129,28 +127,20 @@ class DualOps:
         gamma: Tensor | None,
         mix: dict[str, Tensor],
         factors: dict[str, Factor],
-        stacked: dict[str, Tensor] | None = None,
     ) -> None:
         self.start = start
         self.momentum = momentum
-        self.stacked = stacked
         self.beta = None if beta is None else beta.unsqueeze(-1)
         self.gamma = None if gamma is None else gamma.unsqueeze(-1)
         self.mix = mix
         self.factors = factors
 
     def linear(self, name: str, h: Tensor) -> Tensor:
-        if self.gamma is not None and self.stacked is not None:
-            both = h @ self.stacked[name].mT
-            rows = self.start[name].shape[-2]
-            y = both[..., :rows] if self.beta is None else both[..., :rows] * self.beta
-            y = torch.addcmul(y, both[..., rows:], self.gamma)
-        else:
-            y = h @ self.start[name].mT
-            if self.beta is not None:
-                y = y * self.beta
-            if self.gamma is not None and self.momentum is not None:
-                y = y + (h @ self.momentum[name].mT) * self.gamma
+        y = h @ self.start[name].mT
+        if self.beta is not None:
+            y = y * self.beta
+        if self.gamma is not None and self.momentum is not None:
+            y = torch.addcmul(y, h @ self.momentum[name].mT, self.gamma)
         delta, x = self.factors[name]
         return y - ((h @ x.mT) * self.mix[name]) @ delta
 

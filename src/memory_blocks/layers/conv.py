@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
@@ -59,8 +58,14 @@ class CausalDepthwiseConv(nn.Module):
                 f"got {tuple(state.shape)}"
             )
         full = torch.cat([state, x], dim=1)
-        y = F.conv1d(full.transpose(1, 2), self.weight, self.bias, groups=self.channels)
-        return y.transpose(1, 2), full[:, full.shape[1] - history :]
+        # A sum of shifted copies: for a few taps this is much faster than F.conv1d on CPU
+        # (whose depthwise kernel threads poorly on short inputs) and equal to it.
+        seq = x.shape[1]
+        taps = self.weight[:, 0, :]  # (channels, kernel)
+        y = self.bias + full[:, history:] * taps[:, -1]
+        for j in range(history):
+            y = torch.addcmul(y, full[:, j : j + seq], taps[:, j])
+        return y, full[:, full.shape[1] - history :]
 
     def extra_repr(self) -> str:
         return f"{self.channels}, kernel_size={self.kernel_size}"

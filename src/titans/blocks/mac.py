@@ -1,0 +1,161 @@
+"""MAC: memory as context (paper section 4.1, eqs. 21-25)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from memory_blocks.attention import SegmentAttention
+from memory_blocks.neural_memory import NeuralMemory, NeuralMemoryState
+from memory_blocks.persistent import PersistentMemory
+
+from titans.blocks.common import Block, detach_memory
+
+__all__ = ["MACBlock", "MACState"]
+
+
+@dataclass(frozen=True)
+class MACState:
+    """Where a :class:`MACBlock` stands inside its stream.
+
+    Attributes:
+        memory: the memory after every token written so far (the running state; ``None``
+            before the first write, or in a block without memory).
+        segment_memory: the memory at the start of the unfinished segment, ``M_{n-1}``, which
+            the segment's retrieval reads (equal to ``memory`` at a segment boundary).
+        pending: ``(batch, pending, dim)``: the normalised inputs of the unfinished segment
+            (``0 <= pending < segment``), from which its attention is recomputed.
+    """
+
+    memory: NeuralMemoryState | None
+    segment_memory: NeuralMemoryState | None
+    pending: Float[Tensor, "batch pending dim"]
+
+    def detach(self) -> MACState:
+        return MACState(detach_memory(self.memory), detach_memory(self.segment_memory), self.pending.detach())
+
+
+class MACBlock(Block):
+    """Memory as context: each segment reads the memory, attends, then teaches the memory.
+
+    For segment ``n`` (``segment`` tokens ``S``, inputs ``h = norm(x)``)::
+
+        M_{n-1} --retrieve(q(h_0..h_{N_l-1}))--> memory tokens m_0..m_{N_l-1}    (eq. 21)
+        y = SegmentAttention([persistent | m | h])       causal; slot j seen by tokens r >= j (eq. 22)
+        M(y), M_n = memory(y, M_{n-1})    write y_t, then read with q(y_t), token by token (eqs. 23-24)
+        o = combine(y, M(y))              y (x) M*(y)                                   (eq. 25)
+        x <- x + o;  x <- x + feedforward(ffn_norm(x))
+
+    Memory tokens and causality (a project decision; the paper leaves it open): the retrieval
+    ``h_t = M*_{n-1}(q_t)`` gives one vector per segment position. Memory token ``j`` is the
+    retrieval at position ``j`` (its query depends on the segment's tokens ``0..j`` only: the
+    memory's causal convolution restarts at each segment), so it is shown to tokens ``r >= j``
+    (``memory_visibility="causal"``). With ``N_l = segment`` every token sees the retrievals
+    of itself and the tokens before it; with ``N_l < segment`` the first ``N_l`` positions'
+    retrievals serve the whole segment; ``N_l = 0`` drops the memory tokens. The store
+    (eq. 24) is the memory's own token-wise causal write-then-read, so ``M*(y_t)`` reflects the
+    segment's outputs up to ``t`` only (the paper reads after the whole segment, which would
+    let token ``t`` see ``y`` of later tokens).
+
+    Streaming: the state keeps the unfinished segment's inputs (at most ``segment - 1``), the
+    memory at its start and the running memory. A call recomputes the unfinished segment's
+    retrieval and attention (cost bounded by ``segment``), writes only the new tokens' ``y``,
+    and returns only the new tokens' outputs: pieces of any size equal one call.
+
+    Args:
+        attention: segment attention (``memory_visibility="causal"``, ``memory_per_segment``
+            equal to ``num_memory_tokens`` when that is positive).
+        memory: the neural memory, or ``None`` for an attention-only MAC layer.
+        persistent: persistent tokens shared by all segments' attention (eq. 19), or ``None``.
+        combine: merges ``y`` and ``M(y)`` (a :class:`~titans.gating.CombineGate`); needed
+            with a memory.
+        norm, feedforward, ffn_norm: the pre-norms and the feed-forward.
+        num_memory_tokens: ``N_l`` (``0 <= N_l <= segment``; 0 without memory).
+    """
+
+    def __init__(
+        self,
+        *,
+        attention: SegmentAttention,
+        memory: NeuralMemory | None,
+        persistent: PersistentMemory | None,
+        combine: nn.Module | None,
+        norm: nn.Module,
+        feedforward: nn.Module,
+        ffn_norm: nn.Module,
+        num_memory_tokens: int,
+    ) -> None:
+        super().__init__(feedforward=feedforward, ffn_norm=ffn_norm, persistent=persistent)
+        if not 0 <= num_memory_tokens <= attention.segment:
+            raise ValueError(
+                f"MACBlock: num_memory_tokens must be in [0, segment={attention.segment}], got {num_memory_tokens}"
+            )
+        if memory is None and num_memory_tokens:
+            raise ValueError("MACBlock: memory tokens need a memory (num_memory_tokens must be 0 without one)")
+        if memory is not None and combine is None:
+            raise ValueError("MACBlock: a block with a memory needs a combine gate")
+        if num_memory_tokens and (
+            attention.memory_per_segment != num_memory_tokens or attention.memory_visibility != "causal"
+        ):
+            raise ValueError(
+                "MACBlock: the attention must have memory_per_segment == num_memory_tokens "
+                f"({num_memory_tokens}) and memory_visibility='causal', got "
+                f"{attention.memory_per_segment} and {attention.memory_visibility!r}"
+            )
+        self.attention, self.memory, self.combine, self.norm = attention, memory, combine, norm
+        self.segment = attention.segment
+        self.num_memory_tokens = num_memory_tokens
+
+    def init_state(self, x: Tensor) -> MACState:
+        return MACState(None, None, x.new_zeros(x.shape[0], 0, x.shape[2]))
+
+    def forward(
+        self, x: Float[Tensor, "batch seq dim"], state: MACState | None = None
+    ) -> tuple[Float[Tensor, "batch seq dim"], MACState]:
+        """Returns the block output for the new tokens ``x`` and the state after them."""
+        if state is None:
+            state = self.init_state(x)
+        elif state.pending.shape[0] != x.shape[0] or state.pending.shape[2] != x.shape[2]:
+            raise ValueError(
+                f"MACBlock: the state is for (batch, dim) = ({state.pending.shape[0]}, {state.pending.shape[2]}), "
+                f"the input is ({x.shape[0]}, {x.shape[2]})"
+            )
+        pending = state.pending.shape[1]
+        stream = torch.cat([state.pending, self.norm(x)], dim=1) if pending else self.norm(x)
+        persistent = None if self.persistent is None else self.persistent.tokens(x.shape[0])
+        running, segment_memory = state.memory, state.segment_memory
+        outs = []
+        for start in range(0, stream.shape[1], self.segment):
+            segment = stream[:, start : start + self.segment]
+            y = self.attend(segment, segment_memory, persistent)[:, max(start, pending) - start :]
+            if self.memory is not None:
+                m, running = self.memory(y, running)  # write y, read M*(y) (eqs. 23-24)
+                y = self.combine(y, m)  # eq. 25
+            outs.append(y)
+            if segment.shape[1] == self.segment:
+                segment_memory = running
+        done = stream.shape[1] - stream.shape[1] % self.segment
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        new_state = MACState(running, segment_memory, stream[:, done:].clone())
+        return self.feedforward_residual(x + out), new_state
+
+    def attend(
+        self,
+        segment: Float[Tensor, "batch seg dim"],
+        segment_memory: NeuralMemoryState | None,
+        persistent: Float[Tensor, "batch prefix dim"] | None,
+    ) -> Float[Tensor, "batch seg dim"]:
+        """Retrieval from ``M_{n-1}`` (eq. 21) and attention over ``[persistent | memory tokens |
+        segment]`` (eq. 22) for one (possibly unfinished) segment."""
+        tokens = None
+        if self.memory is not None and self.num_memory_tokens:
+            n = min(self.num_memory_tokens, segment.shape[1])
+            # The queries' convolution restarts at the segment start: no history from the
+            # previous segment's outputs (which the memory's own stream holds).
+            read = None if segment_memory is None else dataclasses.replace(segment_memory, conv=None)
+            tokens = self.memory.retrieve(segment[:, :n], read)
+        return self.attention(segment, memory=tokens, persistent=persistent)

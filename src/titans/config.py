@@ -1,0 +1,270 @@
+"""``TitansConfig``: one frozen, validated record of every choice a Titans language model makes.
+
+A config names its components by string (looked up in :mod:`titans.registry`), so it can be
+written as JSON (:meth:`TitansConfig.to_json` / :meth:`TitansConfig.from_json`) and swapped one
+field at a time in ablations (``dataclasses.replace(config, memory_model="linear")``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from titans import registry
+
+__all__ = ["PRESETS", "TitansConfig"]
+
+#: Variants that carry a neural memory.
+MEMORY_VARIANTS = ("mac", "mag", "mal", "lmm")
+#: The default way each variant merges attention and memory (``combine=None``).
+DEFAULT_COMBINE = {"mac": "product", "mag": "normalized"}
+_FORMAT = "titans-config"
+
+
+@dataclass(frozen=True)
+class TitansConfig:
+    """Everything that defines a :class:`~titans.model.TitansLM`.
+
+    Variant and sizes:
+        variant: ``"mac"``, ``"mag"``, ``"mal"``, ``"lmm"`` (paper section 4), or the baselines
+            ``"swa"`` (sliding-window attention only) and ``"transformer"`` (full causal
+            attention, window ``max_seq_len``).
+        vocab_size, dim, depth: tokens, model width, number of blocks.
+        heads: attention heads; ``dim_head`` defaults to ``dim // heads``.
+        ffn_hidden: SwiGLU inner width (``None``: Llama's ``8 dim / 3`` rounded up to 64).
+        tie_embeddings: share the embedding and output matrices.
+        norm_eps: epsilon of every RMSNorm.
+
+    Memory (ignored by ``swa`` and ``transformer``):
+        memory_model: a name in ``registry.MEMORY_MODELS`` (``"mlp"``, ``"linear"``,
+            ``"gated_mlp"``); ``memory_depth`` layers (``L_M``), hidden width
+            ``memory_expansion * dim_head``, ``memory_activation``.
+        memory_heads: memory heads (``None``: ``heads``); each head has ``dim / memory_heads``
+            features.
+        optimizer: ``"momentum"`` (eq. 13) or ``"gd"``; objective: ``"squared_error"``
+            (eq. 12), ``"huber"``, ``"lp"``, ``"dot_product"`` with ``objective_kwargs``.
+        lr_gate, momentum_gate, decay_gate: ``theta``, ``eta``, ``alpha`` (eqs. 13-14):
+            ``"learned"``, a float (constant), or ``None`` (momentum and decay only: off).
+        per_tensor_lr: a learned step size per fast-weight tensor.
+        chunk_size: tokens that share the chunk-start weights (eq. 16).
+        conv_kernel: taps of the causal convolution after q, k, v (0: none).
+        memory_layers: indices of the blocks that carry a memory (``None``: all). The others
+            are attention-only: MAC keeps its segment attention, the rest use sliding-window
+            attention.
+        memory_checkpoint, memory_block_chunks: speed/memory knobs of the memory (no effect
+            on results).
+
+    Attention:
+        window: sliding-window size (MAG, MAL, swa), the current token included.
+        segment_len: MAC segment length.
+        num_persistent: ``N_p`` persistent tokens (eq. 19), every variant.
+        num_memory_tokens: MAC's ``N_l`` memory tokens per segment, ``0 <= N_l <= segment_len``
+            (``None``: ``segment_len``); see :class:`~titans.blocks.mac.MACBlock`.
+        combine: a name in ``registry.COMBINES`` merging attention and memory (MAC and MAG;
+            ``None``: ``"product"`` for MAC, eq. 25, ``"normalized"`` for MAG, eq. 28).
+        max_seq_len: the window of the ``transformer`` baseline (its full context).
+        rotary_base: RoPE base; attention_backend: kernel of sliding-window attention.
+    """
+
+    variant: str = "mac"
+    vocab_size: int = 256
+    dim: int = 64
+    depth: int = 2
+    heads: int = 4
+    dim_head: int | None = None
+    ffn_hidden: int | None = None
+    tie_embeddings: bool = False
+    norm_eps: float = 1e-6
+    # memory
+    memory_model: str = "mlp"
+    memory_depth: int = 2
+    memory_expansion: float = 4.0
+    memory_activation: str = "gelu"
+    memory_heads: int | None = None
+    optimizer: str = "momentum"
+    objective: str = "squared_error"
+    objective_kwargs: dict[str, float] = field(default_factory=dict, hash=False)
+    lr_gate: str | float | None = "learned"
+    momentum_gate: str | float | None = "learned"
+    decay_gate: str | float | None = "learned"
+    per_tensor_lr: bool = False
+    chunk_size: int = 16
+    conv_kernel: int = 4
+    memory_layers: tuple[int, ...] | list[int] | None = None
+    memory_checkpoint: bool = False
+    memory_block_chunks: int = 4
+    # attention
+    window: int = 64
+    segment_len: int = 64
+    num_persistent: int = 4
+    num_memory_tokens: int | None = None
+    combine: str | None = None
+    max_seq_len: int = 4096
+    rotary_base: float = 10000.0
+    attention_backend: str = "blocked"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.memory_layers, list):
+            object.__setattr__(self, "memory_layers", tuple(self.memory_layers))
+        object.__setattr__(self, "objective_kwargs", dict(self.objective_kwargs))
+        _validate(self)
+
+    # ----- derived values -------------------------------------------------------------
+    @property
+    def has_memory(self) -> bool:
+        """Whether the variant carries a neural memory at all."""
+        return self.variant in MEMORY_VARIANTS
+
+    @property
+    def resolved_dim_head(self) -> int:
+        return self.dim_head if self.dim_head is not None else self.dim // self.heads
+
+    @property
+    def resolved_memory_heads(self) -> int:
+        return self.memory_heads if self.memory_heads is not None else self.heads
+
+    @property
+    def resolved_memory_tokens(self) -> int:
+        return self.segment_len if self.num_memory_tokens is None else self.num_memory_tokens
+
+    @property
+    def resolved_combine(self) -> str | None:
+        return self.combine if self.combine is not None else DEFAULT_COMBINE.get(self.variant)
+
+    def layer_has_memory(self, layer: int) -> bool:
+        """Whether block ``layer`` carries a memory."""
+        return self.has_memory and (self.memory_layers is None or layer in self.memory_layers)
+
+    # ----- presets and JSON -----------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str, *, variant: str = "mac", **overrides: Any) -> TitansConfig:
+        """A named size (``"tiny"`` for tests; ``"170m"``, ``"340m"``, ``"760m"`` from the paper's
+        Table 5) for ``variant``, with any field overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"TitansConfig.preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], "variant": variant, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        if out["memory_layers"] is not None:
+            out["memory_layers"] = list(out["memory_layers"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TitansConfig:
+        """The inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"TitansConfig.from_dict: expected a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"TitansConfig.from_dict: unknown fields {unknown}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps({"format": _FORMAT, "config": self.to_dict()}, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TitansConfig:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != _FORMAT or "config" not in data:
+            raise ValueError(f"TitansConfig.from_json: not a {_FORMAT!r} document")
+        return cls.from_dict(data["config"])
+
+
+def _int(cfg: TitansConfig, name: str, low: int, *, optional: bool = False) -> None:
+    value = getattr(cfg, name)
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"TitansConfig.{name}: must be an integer >= {low}, got {value!r}")
+
+
+def _gate(cfg: TitansConfig, name: str, *, allow_none: bool) -> None:
+    value = getattr(cfg, name)
+    if value is None:
+        if not allow_none:
+            raise ValueError(f"TitansConfig.{name}: cannot be None (the memory would never learn)")
+        return
+    if isinstance(value, str):
+        registry.MEMORY_GATES.get(value, f"TitansConfig.{name}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"TitansConfig.{name}: must be 'learned', a float >= 0 or None, got {value!r}")
+
+
+def _validate(cfg: TitansConfig) -> None:
+    registry.VARIANTS.get(cfg.variant, "TitansConfig.variant")
+    for name, low in (("vocab_size", 1), ("dim", 1), ("depth", 1), ("heads", 1), ("window", 1),
+                      ("segment_len", 1), ("num_persistent", 0), ("chunk_size", 1),
+                      ("conv_kernel", 0), ("memory_depth", 1), ("max_seq_len", 1),
+                      ("memory_block_chunks", 1)):
+        _int(cfg, name, low)
+    for name in ("dim_head", "ffn_hidden", "memory_heads"):
+        _int(cfg, name, 1, optional=True)
+    _int(cfg, "num_memory_tokens", 0, optional=True)
+    if cfg.dim_head is None and cfg.dim % cfg.heads:
+        raise ValueError(f"TitansConfig.heads: {cfg.heads} does not divide dim={cfg.dim} (or give dim_head)")
+    if cfg.resolved_dim_head % 2:
+        raise ValueError(f"TitansConfig.dim_head: rotary positions need an even dim_head, got {cfg.resolved_dim_head}")
+    if cfg.dim % cfg.resolved_memory_heads:
+        raise ValueError(f"TitansConfig.memory_heads: {cfg.resolved_memory_heads} does not divide dim={cfg.dim}")
+    if cfg.resolved_memory_tokens > cfg.segment_len:
+        raise ValueError(
+            f"TitansConfig.num_memory_tokens: {cfg.num_memory_tokens} exceeds segment_len={cfg.segment_len} "
+            "(memory token m is aligned with segment token m)"
+        )
+    if not (isinstance(cfg.memory_expansion, (int, float)) and cfg.memory_expansion > 0):
+        raise ValueError(f"TitansConfig.memory_expansion: must be > 0, got {cfg.memory_expansion!r}")
+    if not (isinstance(cfg.norm_eps, (int, float)) and cfg.norm_eps > 0):
+        raise ValueError(f"TitansConfig.norm_eps: must be > 0, got {cfg.norm_eps!r}")
+    if not (isinstance(cfg.rotary_base, (int, float)) and cfg.rotary_base > 1):
+        raise ValueError(f"TitansConfig.rotary_base: must be > 1, got {cfg.rotary_base!r}")
+    registry.MEMORY_MODELS.get(cfg.memory_model, "TitansConfig.memory_model")
+    registry.ACTIVATIONS.get(cfg.memory_activation, "TitansConfig.memory_activation")
+    optimizer = registry.OPTIMIZERS.get(cfg.optimizer, "TitansConfig.optimizer")
+    objective = registry.OBJECTIVES.get(cfg.objective, "TitansConfig.objective")
+    try:
+        objective(**cfg.objective_kwargs)
+    except TypeError as err:
+        raise ValueError(f"TitansConfig.objective_kwargs: {cfg.objective!r} rejects {cfg.objective_kwargs}: {err}") from err
+    _gate(cfg, "lr_gate", allow_none=False)
+    _gate(cfg, "momentum_gate", allow_none=True)
+    _gate(cfg, "decay_gate", allow_none=True)
+    if not optimizer.uses_momentum and cfg.momentum_gate not in ("learned", None):
+        raise ValueError(f"TitansConfig.momentum_gate: the optimizer {cfg.optimizer!r} uses no momentum")
+    if cfg.combine is not None:
+        registry.COMBINES.get(cfg.combine, "TitansConfig.combine")
+    if cfg.attention_backend not in ("blocked", "sdpa", "dense", "flex"):
+        raise ValueError(
+            f"TitansConfig.attention_backend: must be 'blocked', 'sdpa', 'dense' or 'flex', got {cfg.attention_backend!r}"
+        )
+    if cfg.memory_layers is not None:
+        bad = [i for i in cfg.memory_layers if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < cfg.depth]
+        if bad or len(set(cfg.memory_layers)) != len(cfg.memory_layers):
+            raise ValueError(
+                f"TitansConfig.memory_layers: must be distinct block indices in [0, {cfg.depth}), got {cfg.memory_layers}"
+            )
+
+
+#: Named sizes. The paper's (camera-ready Table 5): blocks / width / heads; training length 4K,
+#: window 2K, MAC segments of 512 with 256 memory tokens, 128 persistent tokens, chunk 16,
+#: a 2-layer memory MLP (expansion 4); vocabulary 32000 (the Llama 2 tokenizer).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        vocab_size=64, dim=32, depth=2, heads=2, ffn_hidden=64, memory_expansion=2.0,
+        chunk_size=4, window=8, segment_len=8, num_persistent=2, num_memory_tokens=None,
+        max_seq_len=256,
+    ),
+    **{
+        name: dict(
+            vocab_size=32000, dim=dim, depth=depth, heads=heads, chunk_size=16, window=2048,
+            segment_len=512, num_persistent=128, num_memory_tokens=256, max_seq_len=4096,
+        )
+        for name, depth, dim, heads in (("170m", 12, 768, 16), ("340m", 24, 1024, 16), ("760m", 24, 1536, 16))
+    },
+}

@@ -1,0 +1,118 @@
+"""Names of swappable components, so that a config (or a JSON file, or a command line) can name them.
+
+Each :class:`Registry` maps a name to a class or a builder. The tables:
+
+- :data:`MEMORY_MODELS`: the fast-weight family ``f(W; x)`` of a memory head, as builders
+  ``(dim_head, *, depth, expansion, activation) -> MemoryModel``.
+- :data:`OBJECTIVES`: the inner loss (paper eq. 12 and MIRAS' alternatives).
+- :data:`OPTIMIZERS`: the inner optimizer (eq. 13 momentum, or plain gradient descent).
+- :data:`MEMORY_GATES`: how ``theta``, ``eta``, ``alpha`` are produced when a config names
+  them by string (a float in a config means a constant gate, ``None`` switches it off).
+- :data:`COMBINES`: how a block merges attention and memory outputs (MAC eq. 25, MAG eq. 28).
+- :data:`ACTIVATIONS`: activations a memory MLP may use.
+- :data:`VARIANTS`: block builders ``(config, layer) -> nn.Module`` for each variant; filled by
+  :mod:`titans.builders`.
+
+Adding a component is one call, e.g.
+``MEMORY_MODELS.register("my_mlp", lambda d, **kw: MyMemory(d))``; configs may then name it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+from memory_blocks.memories import GatedMLPMemory, LinearMemory, MemoryModel, MLPMemory
+from memory_blocks.memories.activations import ACTIVATIONS as _ACTIVATIONS
+from memory_blocks.objectives import OBJECTIVES as _OBJECTIVES
+from memory_blocks.optimizers import OPTIMIZERS as _OPTIMIZERS
+
+from titans.gating import NormalizedGate, ProductGate, SigmoidGate
+
+__all__ = [
+    "ACTIVATIONS",
+    "COMBINES",
+    "MEMORY_GATES",
+    "MEMORY_MODELS",
+    "OBJECTIVES",
+    "OPTIMIZERS",
+    "VARIANTS",
+    "Registry",
+]
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named table of components.
+
+    Args:
+        kind: what the entries are (used in error messages, e.g. ``"memory model"``).
+        entries: the initial name -> entry pairs.
+    """
+
+    def __init__(self, kind: str, entries: dict[str, T] | None = None) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = dict(entries or {})
+
+    def register(self, name: str, entry: T, *, replace: bool = False) -> T:
+        """Adds ``entry`` under ``name``; refuses to overwrite unless ``replace``."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"Registry({self.kind}): a name must be a non-empty string, got {name!r}")
+        if name in self._entries and not replace:
+            raise ValueError(f"Registry({self.kind}): {name!r} is already registered (pass replace=True)")
+        self._entries[name] = entry
+        return entry
+
+    def get(self, name: str, field: str) -> T:
+        """The entry called ``name``; a ``ValueError`` naming the config ``field`` otherwise."""
+        if name not in self._entries:
+            raise ValueError(f"{field}: unknown {self.kind} {name!r}; choose one of {self.names()}")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"
+
+
+def _linear(dim: int, *, depth: int, expansion: float, activation: str) -> MemoryModel:
+    return LinearMemory(dim, dim)
+
+
+def _mlp(dim: int, *, depth: int, expansion: float, activation: str) -> MemoryModel:
+    return MLPMemory(dim, depth=depth, expansion=expansion, activation=activation)
+
+
+def _gated_mlp(dim: int, *, depth: int, expansion: float, activation: str) -> MemoryModel:
+    return GatedMLPMemory(dim, expansion=expansion)
+
+
+MemoryBuilder = Callable[..., MemoryModel]
+
+#: Memory models by name: ``linear`` (delta rule / linear attention), ``mlp`` (the paper's
+#: deep memory, ``memory_depth`` layers), ``gated_mlp`` (SwiGLU-style; ignores the depth).
+MEMORY_MODELS: Registry[MemoryBuilder] = Registry(
+    "memory model", {"linear": _linear, "mlp": _mlp, "gated_mlp": _gated_mlp}
+)
+#: Inner objectives by name (classes from :mod:`memory_blocks.objectives`).
+OBJECTIVES: Registry[type] = Registry("objective", dict(_OBJECTIVES))
+#: Inner optimizers by name (classes from :mod:`memory_blocks.optimizers`).
+OPTIMIZERS: Registry[type] = Registry("optimizer", dict(_OPTIMIZERS))
+#: Gate kinds a config may name by string; a float means a constant gate.
+MEMORY_GATES: Registry[str] = Registry("gate", {"learned": "learned"})
+#: Attention/memory combinations by name (classes from :mod:`titans.gating`).
+COMBINES: Registry[type] = Registry(
+    "combine gate", {"normalized": NormalizedGate, "product": ProductGate, "sigmoid": SigmoidGate}
+)
+#: Activations of a memory MLP.
+ACTIVATIONS: Registry[Any] = Registry("activation", dict(_ACTIVATIONS))
+#: Block builders per variant, ``(config, layer) -> nn.Module`` (see :mod:`titans.builders`).
+VARIANTS: Registry[Callable[..., Any]] = Registry("variant")

@@ -1,0 +1,150 @@
+"""MACBlock: the paper's order of operations (eqs. 21-25), recorded through injected components."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from memory_blocks.attention import SegmentAttention
+from memory_blocks.neural_memory import NeuralMemory
+from memory_blocks.persistent import PersistentMemory
+from titans import MACBlock, ProductGate
+
+DIM, SEGMENT, N_L = 8, 4, 2
+
+
+class RecordingMemory(NeuralMemory):
+    def __init__(self, log: list, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.log = log
+
+    def retrieve(self, x, state=None):
+        out = super().retrieve(x, state)
+        self.log.append(dict(op="retrieve", x=x, state=state, out=out))
+        return out
+
+    def forward(self, x, state=None):
+        out, new = super().forward(x, state)
+        self.log.append(dict(op="memorize", x=x, state=state, out=out, new=new))
+        return out, new
+
+
+class RecordingAttention(SegmentAttention):
+    def __init__(self, log: list, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.log = log
+
+    def forward(self, x, *, memory=None, persistent=None):
+        out = super().forward(x, memory=memory, persistent=persistent)
+        self.log.append(dict(op="attend", x=x, memory=memory, persistent=persistent, out=out))
+        return out
+
+
+class RecordingGate(ProductGate):
+    def __init__(self, log: list, dim: int) -> None:
+        super().__init__(dim)
+        self.log = log
+
+    def forward(self, y, m):
+        out = super().forward(y, m)
+        self.log.append(dict(op="combine", y=y, m=m, out=out))
+        return out
+
+
+class Zero(nn.Module):
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
+def recording_block(log: list, device: torch.device, num_memory_tokens: int = N_L) -> MACBlock:
+    torch.manual_seed(0)
+    block = MACBlock(
+        attention=RecordingAttention(log, DIM, 2, segment=SEGMENT, memory_per_segment=max(num_memory_tokens, 1)),
+        # No convolution: a read of the memory is then a function of the weights and the token.
+        memory=RecordingMemory(log, DIM, heads=2, chunk_size=3, conv_kernel=0),
+        persistent=PersistentMemory(2, DIM),
+        combine=RecordingGate(log, DIM),
+        norm=nn.Identity(),
+        feedforward=Zero(),
+        ffn_norm=nn.Identity(),
+        num_memory_tokens=num_memory_tokens,
+    )
+    return block.to(device=device, dtype=torch.float64)
+
+
+def test_retrieve_attend_store_read_in_the_papers_order(device):
+    log: list = []
+    block = recording_block(log, device)
+    x = torch.randn(2, 10, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(device)
+    out, state = block(x)
+    segments = [(0, 4), (4, 8), (8, 10)]
+    assert [e["op"] for e in log] == ["retrieve", "attend", "memorize", "combine"] * len(segments)
+    previous = None
+    for n, (a, b) in enumerate(segments):
+        retrieve, attend, memorize, combine = log[4 * n : 4 * n + 4]
+        # eq. 21: the segment's first N_l queries read the memory as it stood before the segment.
+        torch.testing.assert_close(retrieve["x"], x[:, a : a + N_L])
+        if previous is None:
+            assert retrieve["state"] is None
+        else:
+            assert retrieve["state"].memory is previous["new"].memory
+        # eq. 22: attention over [persistent | memory tokens | segment].
+        torch.testing.assert_close(attend["x"], x[:, a:b])
+        assert attend["memory"] is retrieve["out"]
+        torch.testing.assert_close(attend["persistent"], block.persistent.tokens(2))
+        # eqs. 23-24: the memory then learns from the attention output y...
+        assert torch.equal(memorize["x"], attend["out"])
+        assert (memorize["state"] is None) if previous is None else (memorize["state"] is previous["new"])
+        # ... and is read after its own write: the last token's read equals a plain read of the
+        # memory that has stored the segment.
+        read_after = NeuralMemory.retrieve(block.memory, attend["out"][:, -1:], memorize["new"])
+        torch.testing.assert_close(memorize["out"][:, -1:], read_after)
+        # eq. 25: o = y (x) M*(y), added to the residual.
+        assert torch.equal(combine["y"], attend["out"]) and combine["m"] is memorize["out"]
+        torch.testing.assert_close(out[:, a:b], x[:, a:b] + attend["out"] * memorize["out"])
+        previous = memorize
+    assert state.pending.shape == (2, 2, DIM)
+    assert state.segment_memory is log[6]["new"]  # M after segment 1; segment 2 is unfinished
+
+
+def test_streaming_writes_each_token_once(device):
+    # Fed one token at a time, the memory is written with exactly the new token's y, while
+    # retrieval keeps reading the segment-start memory.
+    log: list = []
+    block = recording_block(log, device)
+    x = torch.randn(1, 6, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
+    state = None
+    for t in range(6):
+        _, state = block(x[:, t : t + 1], state)
+    writes = [e for e in log if e["op"] == "memorize"]
+    assert [w["x"].shape[1] for w in writes] == [1] * 6
+    reads = [e for e in log if e["op"] == "retrieve"]
+    assert reads[3]["state"] is None  # token 3 still in segment 0
+    assert reads[4]["state"].memory is writes[3]["new"].memory  # token 4 starts segment 1
+
+
+def test_without_memory_tokens_attention_sees_no_memory(device):
+    log: list = []
+    block = recording_block(log, device, num_memory_tokens=0)
+    block(torch.randn(1, 5, DIM, dtype=torch.float64, device=device))
+    assert [e["op"] for e in log] == ["attend", "memorize", "combine"] * 2
+    assert all(e["memory"] is None for e in log if e["op"] == "attend")
+
+
+def test_rejects_inconsistent_components():
+    log: list = []
+    memory = RecordingMemory(log, DIM, heads=2, chunk_size=3)
+    common = dict(persistent=None, norm=nn.Identity(), feedforward=Zero(), ffn_norm=nn.Identity())
+    with pytest.raises(ValueError, match="num_memory_tokens"):
+        MACBlock(attention=SegmentAttention(DIM, 2, segment=4), memory=memory, combine=ProductGate(DIM),
+                 num_memory_tokens=5, **common)
+    with pytest.raises(ValueError, match="memory_visibility"):
+        MACBlock(attention=SegmentAttention(DIM, 2, segment=4, memory_per_segment=2, memory_visibility="all"),
+                 memory=memory, combine=ProductGate(DIM), num_memory_tokens=2, **common)
+    with pytest.raises(ValueError, match="combine"):
+        MACBlock(attention=SegmentAttention(DIM, 2, segment=4, memory_per_segment=2), memory=memory,
+                 combine=None, num_memory_tokens=2, **common)
+    with pytest.raises(ValueError, match="need a memory"):
+        MACBlock(attention=SegmentAttention(DIM, 2, segment=4, memory_per_segment=2), memory=None,
+                 combine=None, num_memory_tokens=2, **common)

@@ -1,0 +1,51 @@
+"""The registry: configs name components; a user-registered component becomes nameable."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memory_blocks.memories import LinearMemory
+from titans import TitansConfig, TitansLM, registry
+from titans.blocks import AttentionBlock, MACBlock
+
+
+def test_tables_list_the_built_in_names():
+    assert {"mlp", "linear", "gated_mlp"} <= set(registry.MEMORY_MODELS)
+    assert {"momentum", "gd"} <= set(registry.OPTIMIZERS)
+    assert {"squared_error", "huber"} <= set(registry.OBJECTIVES)
+    assert {"normalized", "product", "sigmoid"} <= set(registry.COMBINES)
+    assert set(registry.VARIANTS) >= {"mac", "mag", "mal", "lmm", "swa", "transformer"}
+
+
+def test_a_registered_memory_model_can_be_named():
+    registry.MEMORY_MODELS.register(
+        "biased_linear", lambda d, **kw: LinearMemory(d, d, bias=True), replace=True
+    )
+    model = TitansLM(TitansConfig.preset("tiny", variant="lmm", memory_model="biased_linear"))
+    assert isinstance(model.blocks[0].memory.memory, LinearMemory)
+    assert model.blocks[0].memory.memory.bias is not None
+    with pytest.raises(ValueError, match="already registered"):
+        registry.MEMORY_MODELS.register("biased_linear", lambda d, **kw: LinearMemory(d, d))
+
+
+def test_get_names_the_field():
+    with pytest.raises(ValueError, match="my.field: unknown objective 'nope'"):
+        registry.OBJECTIVES.get("nope", "my.field")
+
+
+def test_memory_layers_choose_which_blocks_carry_memory():
+    model = TitansLM(TitansConfig.preset("tiny", variant="mag", memory_layers=(1,)))
+    assert isinstance(model.blocks[0], AttentionBlock)
+    assert hasattr(model.blocks[1], "memory")
+    mac = TitansLM(TitansConfig.preset("tiny", variant="mac", memory_layers=(0,)))
+    assert isinstance(mac.blocks[1], MACBlock) and mac.blocks[1].memory is None
+    out = mac(torch.zeros(1, 3, dtype=torch.long))
+    assert out.logits.shape == (1, 3, 64)
+
+
+def test_gates_swap_by_name_or_value():
+    model = TitansLM(TitansConfig.preset("tiny", variant="lmm", lr_gate=0.1, decay_gate=None, optimizer="gd"))
+    memory = model.blocks[0].memory
+    assert memory.decay_gate is None and memory.momentum_gate is None
+    assert type(memory.lr_gate).__name__ == "ConstantGate"
