@@ -5,6 +5,7 @@ batch 2, float32, 2 threads. Every measurement runs in a fresh process so that i
 memory is its own (CPU: the process' peak resident set; CUDA: peak allocated by torch).
 
     python benchmarks/bench_memory.py                  # the table of docs/benchmarks.md
+    python benchmarks/bench_memory.py --no-checkpoint --block-chunks 4   # the faster, hungrier setting
     python benchmarks/bench_memory.py --device cuda --lengths 1024,4096,16384,65536
 """
 
@@ -136,7 +137,7 @@ def run_worker(args: argparse.Namespace, seq: int | str, block_chunks: int, chec
         sys.executable, __file__, "--worker", str(seq), "--device", args.device,
         "--threads", str(args.threads), "--dim", str(args.dim), "--chunk", str(args.chunk),
         "--batch", str(args.batch), "--repeats", str(args.repeats), "--block-chunks", str(block_chunks),
-    ] + (["--checkpoint"] if checkpoint else [])
+    ] + ([] if checkpoint else ["--no-checkpoint"])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -150,8 +151,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--lengths", default="1024,4096,16384")
-    parser.add_argument("--block-chunks", type=int, default=4)
-    parser.add_argument("--checkpoint", action="store_true")
+    parser.add_argument("--block-chunks", type=int, default=8)
+    parser.add_argument("--no-checkpoint", dest="checkpoint", action="store_false", help="store every block (faster, more memory)")
     parser.add_argument("--naive-length", type=int, default=256)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

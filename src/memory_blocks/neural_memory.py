@@ -81,7 +81,10 @@ class NeuralMemory(nn.Module):
         output_norm: RMSNorm on each head's retrieval.
         output_gate: multiply the retrieval by ``sigmoid(W_g x)`` before the output projection.
         block_chunks, checkpoint: speed and memory knobs of :func:`memorize` (results do not
-            depend on them).
+            depend on them). The defaults (blocks of 8 chunks, recomputed in the backward
+            pass) keep training memory low: about 1.2 GB peak for 4K tokens at dim 256 with a
+            2-layer MLP memory (batch 2); ``checkpoint=False`` is about 30% faster and stores
+            about 7x more (docs/benchmarks.md).
     """
 
     def __init__(
@@ -103,8 +106,8 @@ class NeuralMemory(nn.Module):
         qk_norm: bool = True,
         output_norm: bool = True,
         output_gate: bool = True,
-        block_chunks: int = 4,
-        checkpoint: bool = False,
+        block_chunks: int = 8,
+        checkpoint: bool = True,
     ) -> None:
         super().__init__()
         if dim < 1:
