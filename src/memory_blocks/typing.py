@@ -17,6 +17,10 @@ name           meaning
 ``window``     attention window (tokens a query may see, itself included)
 ``prefix``     persistent tokens prepended to a sequence (paper eq. 19)
 ``vocab``      token vocabulary
+``memory``     memory tokens of MAC's segment attention (retrievals attended to)
+``recent``     the most recent keys an attention cache keeps (at most ``window - 1``)
+``context``    keys a decode step attends to (prefix, cached and new)
+``new``        tokens added by one streaming call
 =============  =====================================================================
 """
 
