@@ -48,11 +48,7 @@ class AttentionBlock(Block):
         ffn_norm: nn.Module,
     ) -> None:
         super().__init__(feedforward=feedforward, ffn_norm=ffn_norm, persistent=persistent)
-        if attention.num_prefix != self.num_persistent:
-            raise ValueError(
-                f"AttentionBlock: attention.num_prefix ({attention.num_prefix}) must equal the number "
-                f"of persistent tokens ({self.num_persistent})"
-            )
+        self.check_attention_prefix(attention)
         self.attention, self.norm = attention, norm
 
     def forward(

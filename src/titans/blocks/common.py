@@ -36,6 +36,14 @@ class Block(nn.Module):
     def num_persistent(self) -> int:
         return 0 if self.persistent is None else self.persistent.num_tokens
 
+    def check_attention_prefix(self, attention: nn.Module) -> None:
+        """The attention must keep exactly the persistent tokens visible as its prefix."""
+        if attention.num_prefix != self.num_persistent:
+            raise ValueError(
+                f"{type(self).__name__}: attention.num_prefix ({attention.num_prefix}) must equal "
+                f"the number of persistent tokens ({self.num_persistent})"
+            )
+
     def feedforward_residual(self, x: Float[Tensor, "batch seq dim"]) -> Float[Tensor, "batch seq dim"]:
         return x + self.feedforward(self.ffn_norm(x))
 

@@ -61,11 +61,7 @@ class MAGBlock(Block):
         ffn_norm: nn.Module,
     ) -> None:
         super().__init__(feedforward=feedforward, ffn_norm=ffn_norm, persistent=persistent)
-        if attention.num_prefix != self.num_persistent:
-            raise ValueError(
-                f"MAGBlock: attention.num_prefix ({attention.num_prefix}) must equal the number of "
-                f"persistent tokens ({self.num_persistent})"
-            )
+        self.check_attention_prefix(attention)
         self.attention, self.memory, self.combine, self.norm = attention, memory, combine, norm
 
     def forward(

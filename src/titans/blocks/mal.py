@@ -60,11 +60,7 @@ class MALBlock(Block):
         ffn_norm: nn.Module,
     ) -> None:
         super().__init__(feedforward=feedforward, ffn_norm=ffn_norm, persistent=persistent)
-        if attention.num_prefix != self.num_persistent:
-            raise ValueError(
-                f"MALBlock: attention.num_prefix ({attention.num_prefix}) must equal the number of "
-                f"persistent tokens ({self.num_persistent})"
-            )
+        self.check_attention_prefix(attention)
         self.memory, self.attention = memory, attention
         self.norm, self.attention_norm = norm, attention_norm
 
