@@ -128,7 +128,7 @@ def test_component_swaps_are_one_argument() -> None:
 def test_knobs_do_not_change_results() -> None:
     x = torch.randn(2, 20, 16, dtype=torch.float64)
     base = _layer()(x)[0]
-    for kw in (dict(block_chunks=1), dict(block_chunks=5), dict(checkpoint=True)):
+    for kw in (dict(block_chunks=1), dict(block_chunks=5), dict(checkpoint=False)):
         torch.testing.assert_close(_layer(**kw)(x)[0], base, rtol=1e-10, atol=1e-12)
 
 
