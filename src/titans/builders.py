@@ -86,6 +86,8 @@ def build_persistent(config: TitansConfig) -> PersistentMemory | None:
 
 
 def build_combine(config: TitansConfig) -> nn.Module:
+    """The module that merges attention and memory outputs for ``config.variant`` (MAC's
+    ``y * M(y)``, eq. 25; MAG's normalised gate, eq. 28), chosen by ``config.combine``."""
     name = config.resolved_combine
     if name is None:
         raise ValueError(f"TitansConfig.combine: variant {config.variant!r} has no default combine gate")

@@ -21,7 +21,7 @@ def squared_error(
 
 
 def huber(
-    pred: Float[Tensor, "*batch dim_out"], target: Float[Tensor, "*batch dim_out"], delta: float
+    pred: Float[Tensor, "*batch dim_out"], target: Float[Tensor, "*batch dim_out"], delta: int | float
 ) -> Float[Tensor, "*batch"]:
     """Huber loss per feature, summed: ``r^2`` inside ``|r| <= delta``, ``2 delta |r| - delta^2``
     outside (continuous with a continuous gradient; MIRAS' robust attentional bias)."""
@@ -30,7 +30,7 @@ def huber(
 
 
 def lp_error(
-    pred: Float[Tensor, "*batch dim_out"], target: Float[Tensor, "*batch dim_out"], p: float
+    pred: Float[Tensor, "*batch dim_out"], target: Float[Tensor, "*batch dim_out"], p: int | float
 ) -> Float[Tensor, "*batch"]:
     """``||pred - target||_p^p`` summed over features (MIRAS' l_p attentional bias)."""
     return (pred - target).abs().pow(p).sum(-1)
