@@ -8,7 +8,8 @@ predecessor left. Inside a chunk everything is batched over tokens, batch and he
   outer product, every weight inside a block is read in the dual form from the closed-form
   momentum and forgetting recurrences (:func:`chunk_coefficients`), and full-size weights are
   written only once per block. Autograd then stores one set of weights per block, not per
-  chunk; ``checkpoint=True`` stores only the block inputs and recomputes each block.
+  chunk; ``checkpoint=True`` stores only the block inputs and recomputes each block (also for
+  the generic path below).
 - Any other memory (``ModuleMemory``) runs chunk by chunk (:mod:`memory_blocks.functional.generic`)
   with ``torch.func`` per-token gradients and materialised per-token weights: exact, general,
   slower.
@@ -70,8 +71,7 @@ def memorize(
             block; the cost of reading a chunk's gradient point grows with its place in the
             block). Does not change the result.
         checkpoint: when gradients are recorded, keep only each block's inputs and recompute
-            the block in the backward pass (less memory, one more forward). Factored models
-            only: ``torch.func`` transforms do not run under checkpointing.
+            the block in the backward pass (less memory, one more forward without recording).
 
     Returns:
         ``y`` of shape ``(batch, heads, seq, dim_out)`` and the new :class:`MemoryState`.
@@ -92,7 +92,7 @@ def memorize(
     block = chunk_size * block_chunks if memory.factored else chunk_size
     segments, coefficients = _plan(state.offset, seq, chunk_size, block, lr_tensors, momentum, decay)
     step = factored_block if memory.factored else generic_chunk
-    use_checkpoint = checkpoint and memory.factored and torch.is_grad_enabled()
+    use_checkpoint = checkpoint and torch.is_grad_enabled()
     create_graph = torch.is_grad_enabled()
     ends_mid_chunk = (state.offset + seq) % chunk_size != 0
 
