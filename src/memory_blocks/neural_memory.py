@@ -222,7 +222,7 @@ class NeuralMemory(nn.Module):
             h, new_conv = self.conv(h, conv_state)
         if self.qkv_silu:
             h = F.silu(h)
-        q, k, v = h.unflatten(-1, (3, self.heads, self.dim_head)).permute(2, 0, 3, 1, 4)
+        q, k, v = h.unflatten(-1, (3, self.heads, self.dim_head)).permute(2, 0, 3, 1, 4).unbind(0)
         if self.qk_norm:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         return q, k, v, new_conv

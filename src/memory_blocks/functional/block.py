@@ -80,8 +80,8 @@ def factored_block(
     mix = {name: coef.mix[key] for name, key in lr_keys.items()}
     starts = list(range(0, n, chunk))
     parts: list[dict[str, Factor]] = []
-    for j, s in enumerate(starts):
-        e = min(s + chunk, n)
+    for j, (s, kk, vv) in enumerate(zip(starts, k.split(chunk, dim=-2), v.split(chunk, dim=-2))):
+        e = s + kk.shape[-2]
         if j == 0:
             point: DirectOps | DualOps = DirectOps(
                 anchor if create_graph else {name: w.detach() for name, w in anchor.items()}
@@ -96,7 +96,6 @@ def factored_block(
                 {name: m[..., s - 1 : s, :s] for name, m in mix.items()},
                 _cat(parts),
             )
-        kk, vv = k[..., s:e, :], v[..., s:e, :]
         if not create_graph:
             kk, vv = kk.detach(), vv.detach()
         with torch.enable_grad():

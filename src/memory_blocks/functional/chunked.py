@@ -100,13 +100,16 @@ def memorize(
     anchor = state.chunk_weights if state.chunk_weights is not None else weights
     ys: list[Tensor] = []
     last_anchor = None
-    for i, ((s, e), coef) in enumerate(zip(segments, coefficients)):
+    # One split per input (its backward concatenates once; slicing per segment would allocate
+    # a full-length zero gradient per segment, quadratic in the sequence length).
+    sizes = [e - s for s, e in segments]
+    pieces = zip(q.split(sizes, dim=2), k.split(sizes, dim=2), v.split(sizes, dim=2))
+    for i, (coef, (qi, ki, vi)) in enumerate(zip(coefficients, pieces)):
         if i > 0:
             anchor = weights  # every segment after the first starts at a chunk boundary
         args = (
-            memory, objective, lr_keys, chunk_size, anchor, weights, mom,
-            q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], coef, create_graph,
-            ends_mid_chunk and i == len(segments) - 1,
+            memory, objective, lr_keys, chunk_size, anchor, weights, mom, qi, ki, vi, coef,
+            create_graph, ends_mid_chunk and i == len(segments) - 1,
         )
         if use_checkpoint and not args[-1]:
             y, weights, mom = recompute_block(step, *args[:-2])
@@ -146,10 +149,10 @@ def _plan(
     n_full = (seq - first) // block
     if n_full:
         stacked = chunk_coefficients(*_gates(lr, momentum, decay, first, first + n_full * block, block))
+        coefficients.extend(stacked.unbind())
         for i in range(n_full):
             s = first + i * block
             segments.append((s, s + block))
-            coefficients.append(stacked.select(i))
     tail = first + n_full * block
     if tail < seq:
         one(tail, seq)

@@ -75,15 +75,29 @@ class ChunkCoefficients:
     momentum_decay: Tensor | None
     momentum_mix: dict[str, Tensor]
 
-    def select(self, index: int) -> ChunkCoefficients:
-        """The coefficients of chunk ``index`` along the dimension just before the chunk's."""
-        return ChunkCoefficients(
-            beta=None if self.beta is None else self.beta.select(-2, index),
-            gamma=None if self.gamma is None else self.gamma.select(-2, index),
-            mix={k: m.select(-3, index) for k, m in self.mix.items()},
-            momentum_decay=None if self.momentum_decay is None else self.momentum_decay.select(-1, index),
-            momentum_mix={k: m.select(-2, index) for k, m in self.momentum_mix.items()},
-        )
+    def unbind(self) -> list[ChunkCoefficients]:
+        """The coefficients of each chunk stacked along the dimension just before the chunk's.
+
+        One ``unbind`` per field: its backward stacks the gradients once, where indexing each
+        chunk separately would allocate a full-size zero gradient per chunk.
+        """
+
+        def split(t: Tensor | None, dim: int, n: int) -> list[Tensor | None]:
+            return [None] * n if t is None else list(t.unbind(dim))
+
+        n = self.mix[next(iter(self.mix))].shape[-3]
+        beta = split(self.beta, -2, n)
+        gamma = split(self.gamma, -2, n)
+        decay = split(self.momentum_decay, -1, n)
+        mix = {k: split(m, -3, n) for k, m in self.mix.items()}
+        mom_mix = {k: split(m, -2, n) for k, m in self.momentum_mix.items()}
+        return [
+            ChunkCoefficients(
+                beta[i], gamma[i], {k: mix[k][i] for k in mix}, decay[i],
+                {k: mom_mix[k][i] for k in mom_mix},
+            )
+            for i in range(n)
+        ]
 
 
 def chunk_coefficients(
