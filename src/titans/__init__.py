@@ -7,6 +7,8 @@
 - :class:`TitansLM` streams exactly: pieces of any size with the returned state equal one call.
 - :func:`save_pretrained` / :func:`load_pretrained`: safetensors weights plus JSON config.
 - :class:`TitansMACConfig` / :class:`TitansMACForCausalLM`: the reference MAC API, mapped.
+- Synthetic tasks (:data:`TASKS`: MQAR, needle in a haystack, selective copying), :func:`train`
+  with :class:`TrainConfig`, :func:`evaluate`, and the ``titans`` command line.
 """
 
 from titans import registry
@@ -27,11 +29,16 @@ from titans.builders import build_block, build_combine, build_memory
 from titans.checkpoint import load_pretrained, save_pretrained
 from titans.compat import TitansMACConfig, TitansMACForCausalLM
 from titans.config import PRESETS, TitansConfig
+from titans.evaluate import evaluate
 from titans.gating import CombineGate, NormalizedGate, ProductGate, SigmoidGate
 from titans.model import GenerateOutput, TitansLM, TitansOutput, TitansState, count_parameters
+from titans.tasks import MQAR, TASKS, NeedleInHaystack, SelectiveCopy, Task, make_task
+from titans.train import TrainConfig, train
 
 __all__ = [
+    "MQAR",
     "PRESETS",
+    "TASKS",
     "AttentionBlock",
     "AttentionState",
     "Block",
@@ -45,20 +52,27 @@ __all__ = [
     "MAGState",
     "MALBlock",
     "MALState",
+    "NeedleInHaystack",
     "NormalizedGate",
     "ProductGate",
+    "SelectiveCopy",
     "SigmoidGate",
+    "Task",
     "TitansConfig",
     "TitansLM",
     "TitansMACConfig",
     "TitansMACForCausalLM",
     "TitansOutput",
     "TitansState",
+    "TrainConfig",
     "build_block",
     "build_combine",
     "build_memory",
     "count_parameters",
+    "evaluate",
     "load_pretrained",
+    "make_task",
     "registry",
     "save_pretrained",
+    "train",
 ]

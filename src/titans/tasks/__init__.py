@@ -1,0 +1,53 @@
+"""Synthetic long-context tasks, generated on the fly and deterministic by seed.
+
+- :class:`MQAR`: multi-query associative recall (Zoology).
+- :class:`NeedleInHaystack`: one key-value needle at a depth in noise, asked for at the end.
+- :class:`SelectiveCopy`: scattered tokens copied out in order after a marker.
+
+:data:`TASKS` maps a name to its class; :func:`make_task` builds one by name with options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from titans.registry import Registry
+from titans.tasks.base import IGNORE_INDEX, Task, masked_accuracy
+from titans.tasks.mqar import MQAR
+from titans.tasks.needle import NeedleInHaystack
+from titans.tasks.selective_copy import SelectiveCopy
+
+__all__ = [
+    "IGNORE_INDEX",
+    "MQAR",
+    "TASKS",
+    "NeedleInHaystack",
+    "SelectiveCopy",
+    "Task",
+    "make_task",
+    "masked_accuracy",
+    "task_to_dict",
+]
+
+#: Tasks by name.
+TASKS: Registry[type] = Registry(
+    "task", {"mqar": MQAR, "needle": NeedleInHaystack, "selective_copy": SelectiveCopy}
+)
+
+
+def make_task(name: str, **options: Any) -> Task:
+    """The task called ``name`` with its fields set from ``options``; unknown names or options
+    raise ``ValueError`` naming them."""
+    cls = TASKS.get(name, "task")
+    fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"task {name!r}: unknown options {unknown}; choose from {sorted(fields)}")
+    return cls(**options)
+
+
+def task_to_dict(task: Task) -> dict[str, Any]:
+    """``{"name": ..., "options": {...}}``: what :func:`make_task` needs to rebuild ``task``."""
+    options = {f.name: getattr(task, f.name) for f in dataclasses.fields(task) if f.name != "name"}
+    return {"name": task.name, "options": options}

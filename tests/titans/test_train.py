@@ -1,0 +1,146 @@
+"""The training loop: it learns, resumes on the same trajectory, and checkpoints atomically."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from titans.evaluate import evaluate
+from titans.run_checkpoint import latest_checkpoint, load_training_state
+from titans.tasks import MQAR, NeedleInHaystack, SelectiveCopy
+from titans.train import TrainConfig, batch_generator, load_run, lr_factor, train
+
+from .helpers import tiny
+
+FAST = {"batch_size": 2, "seq_len": 16, "warmup": 2, "log_every": 1, "eval_batches": 1}
+
+
+def losses(out: Path) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
+
+
+@pytest.mark.parametrize("variant", ["mac", "swa"])
+def test_tiny_model_trains_and_reports(tmp_path: Path, variant: str) -> None:
+    seen = []
+    summary = train(tiny(variant), TrainConfig(steps=3, eval_every=2, **FAST), SelectiveCopy(num_tokens=4),
+                    tmp_path, progress=seen.append)
+    assert summary["step"] == 3 and math.isfinite(summary["loss"]) and 0 <= summary["accuracy"] <= 1
+    assert [r["kind"] for r in seen] == ["train", "train", "eval", "train", "eval"]
+    assert all(r["eta_s"] >= 0 and r["tokens_per_s"] > 0 for r in seen if r["kind"] == "train")
+    assert [s for s, _ in losses(tmp_path)] == [1, 2, 3]
+    assert Path(summary["checkpoint"]) == latest_checkpoint(tmp_path)
+
+
+def test_loss_falls_on_a_fixed_batch_stream(tmp_path: Path) -> None:
+    # a repeated tiny task: the loss of the last steps must be below the first ones
+    config = TrainConfig(steps=12, batch_size=4, seq_len=16, lr=1e-2, warmup=1, log_every=12, eval_batches=1)
+    train(tiny("swa"), config, NeedleInHaystack(vocab_size=64, depth=0.0), tmp_path)
+    trajectory = [loss for _, loss in losses(tmp_path)]
+    assert sum(trajectory[-3:]) / 3 < sum(trajectory[:3]) / 3
+
+
+def test_resume_continues_the_same_loss_trajectory(tmp_path: Path) -> None:
+    config = TrainConfig(steps=6, checkpoint_every=2, **FAST)
+    task = MQAR(num_pairs=2)
+    train(tiny("mag"), config, task, tmp_path / "straight")
+    train(tiny("mag"), config, task, tmp_path / "resumed", until=3)
+    assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint-00000003"
+    with (tmp_path / "resumed" / "metrics.jsonl").open("a") as handle:  # a step logged after the checkpoint
+        handle.write(json.dumps({"kind": "train", "step": 4, "loss": 99.0}) + "\n")
+    train(tiny("mag"), config, task, tmp_path / "resumed", resume=True)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    assert [s for s, _ in losses(tmp_path / "resumed")] == list(range(1, 7))
+    a = load_file(latest_checkpoint(tmp_path / "straight") / "model.safetensors")
+    b = load_file(latest_checkpoint(tmp_path / "resumed") / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_setup(tmp_path: Path) -> None:
+    config = TrainConfig(steps=2, **FAST)
+    train(tiny("lmm"), config, MQAR(num_pairs=2), tmp_path)
+    with pytest.raises(ValueError, match="seed"):
+        train(tiny("lmm"), TrainConfig(steps=2, **{**FAST, "seed": 1}), MQAR(num_pairs=2), tmp_path, resume=True)
+    with pytest.raises(ValueError, match="task"):
+        train(tiny("lmm"), config, MQAR(num_pairs=3), tmp_path, resume=True)
+    with pytest.raises(ValueError, match="model_config"):
+        train(tiny("mac"), config, MQAR(num_pairs=2), tmp_path, resume=True)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(tiny("lmm"), config, MQAR(num_pairs=2), tmp_path)
+    with pytest.raises(FileNotFoundError):
+        train(tiny("lmm"), config, MQAR(num_pairs=2), tmp_path / "empty", resume=True)
+
+
+def test_checkpoint_files_are_safetensors_and_json(tmp_path: Path) -> None:
+    train(tiny("mal"), TrainConfig(steps=4, checkpoint_every=1, **FAST), MQAR(num_pairs=2), tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["LATEST", "checkpoint-00000003", "checkpoint-00000004", "metrics.jsonl"]  # no temp dirs left
+    checkpoint = latest_checkpoint(tmp_path)
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        "config.json", "model.safetensors", "optimizer.pt", "trainer_state.json"]
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["task"] == {"name": "mqar", "options": {"alpha": 0.1, "num_pairs": 2,
+                                                                              "vocab_size": 64}}
+    model, optimizer_state, _ = load_training_state(checkpoint, torch.device("cpu"))  # weights_only load
+    assert optimizer_state["state"] and model.config == tiny("mal")
+    model_config, config, task, step = load_run(tmp_path)
+    assert (model_config, config.steps, task, step) == (tiny("mal"), 4, MQAR(num_pairs=2), 4)
+
+
+def test_an_interrupted_write_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    train(tiny("swa"), TrainConfig(steps=2, **FAST), MQAR(num_pairs=2), tmp_path / "run", until=1)
+    before = latest_checkpoint(tmp_path / "run")
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("titans.run_checkpoint.torch.save", crash)  # dies mid-write of the next checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny("swa"), TrainConfig(steps=2, **FAST), MQAR(num_pairs=2), tmp_path / "run", resume=True)
+    monkeypatch.undo()
+    assert latest_checkpoint(tmp_path / "run") == before
+    load_training_state(before, torch.device("cpu"))
+    train(tiny("swa"), TrainConfig(steps=2, **FAST), MQAR(num_pairs=2), tmp_path / "run", resume=True)
+    assert not list((tmp_path / "run").glob(".tmp*"))  # the stale temporary directory is cleaned up
+    assert latest_checkpoint(tmp_path / "run").name == "checkpoint-00000002"
+
+
+def test_schedule_and_batch_stream() -> None:
+    config = TrainConfig(steps=10, warmup=2, min_lr_ratio=0.1)
+    factors = [lr_factor(s, config) for s in range(10)]
+    assert factors[:3] == [0.5, 1.0, 1.0] and all(a >= b for a, b in itertools.pairwise(factors[1:]))
+    assert factors[-1] > 0.1 and lr_factor(10, config) == pytest.approx(0.1)
+    a = MQAR().batch(batch_generator(0, 5), 2, 16)[0]
+    assert torch.equal(a, MQAR().batch(batch_generator(0, 5), 2, 16)[0])
+    assert not torch.equal(a, MQAR().batch(batch_generator(0, 6), 2, 16)[0])
+
+
+def test_train_config_and_vocab_validation(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="TrainConfig.steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="TrainConfig.lr"):
+        TrainConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="TrainConfig.device"):
+        TrainConfig(device="tpu")
+    with pytest.raises(ValueError, match="vocab_size"):
+        train(tiny("swa"), TrainConfig(steps=1, **FAST), MQAR(vocab_size=128), tmp_path)
+
+
+def test_evaluate_reports_by_length_and_depth() -> None:
+    torch.manual_seed(0)
+    from titans import TitansLM
+
+    model = TitansLM(tiny("swa"))
+    rows = evaluate(model, NeedleInHaystack(), [8, 16], depths=[0.0, 1.0], batches=1, batch_size=2)
+    assert [(r["length"], r["depth"]) for r in rows] == [(8, 0.0), (8, 1.0), (16, 0.0), (16, 1.0)]
+    assert all(math.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert evaluate(model, MQAR(num_pairs=2), [8], batches=1, batch_size=2) == evaluate(
+        model, MQAR(num_pairs=2), [8], batches=1, batch_size=2)
+    with pytest.raises(ValueError, match="depths"):
+        evaluate(model, MQAR(), [16], depths=[0.5])
