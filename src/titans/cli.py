@@ -5,6 +5,7 @@
     titans train --variant mac --task mqar --steps 200 --out runs/mac [--config FILE.json]
                  [--preset tiny] [--device cpu|cuda] [--memory mlp --memory-depth 2 --optimizer momentum ...]
     titans train --out runs/mac --resume [--steps 400]
+    torchrun --nproc_per_node 2 -m titans train ...   (DistributedDataParallel; see titans.train)
     titans eval --checkpoint runs/mac --task mqar [--lengths 256,1024,4096] [--depths 0,0.5,1]
 
 Bad input (unknown names, invalid values, missing files) prints one line ``titans: error: ...``
@@ -28,7 +29,7 @@ from titans.config import TitansConfig
 from titans.evaluate import evaluate
 from titans.run_checkpoint import latest_checkpoint
 from titans.tasks import TASKS, make_task
-from titans.train import TrainConfig, load_run, train
+from titans.train import TrainConfig, load_run, train, world
 
 __all__ = ["main"]
 
@@ -210,7 +211,8 @@ def _train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"titans: interrupted; the last checkpoint in {args.out} is intact (resume with --resume)\n")
         return 130
-    print(json.dumps(summary, sort_keys=True))
+    if world()[0] == 0:  # under torchrun only rank 0 reports
+        print(json.dumps(summary, sort_keys=True))
     return 0
 
 

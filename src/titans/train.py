@@ -5,14 +5,24 @@ Reproducibility: the model is initialised from ``seed``, and the batch of step `
 from a generator seeded with ``seed * 1_000_003 + s``; the forward pass draws no random numbers.
 So a run resumed from the checkpoint of step ``s`` sees the same batches, weights and optimizer
 state as the uninterrupted run, and (on the same device) continues the same loss trajectory.
+
+Many processes: launched by ``torchrun`` (``WORLD_SIZE > 1`` in the environment), :func:`train`
+runs DistributedDataParallel (gloo on the CPU, NCCL on CUDA). Every rank draws the same global
+batch of ``batch_size`` sequences and takes its contiguous slice of ``batch_size // world_size``
+rows; the loss is the sum over the rank's scored tokens divided by the global count of scored
+tokens (times ``world_size``, which undoes DDP's gradient averaging), so the gradients, weights
+and logged losses are those of one process with the same global batch (up to float summation
+order). Only rank 0 writes metrics and checkpoints and reports progress.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from titans.config import TitansConfig
 from titans.evaluate import evaluate_task
@@ -31,7 +44,7 @@ from titans.run_checkpoint import (
 )
 from titans.tasks import Task, make_task, task_to_dict
 
-__all__ = ["METRICS_NAME", "TrainConfig", "batch_generator", "load_run", "lr_factor", "train"]
+__all__ = ["METRICS_NAME", "TrainConfig", "batch_generator", "load_run", "lr_factor", "train", "world"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +120,30 @@ def batch_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+def world() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` of this process: from the initialised process group,
+    else from ``torchrun``'s environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), else ``(0, 1, 0)``."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), local_rank
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), local_rank
+
+
+def _all_sum(value: torch.Tensor) -> torch.Tensor:
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value
+
+
+def _replica_spread(model: torch.nn.Module) -> float:
+    """The largest difference of any parameter between the ranks (0.0: identical replicas)."""
+    flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    high, low = flat.clone(), flat.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    return float((high - low).abs().max())
+
+
 def _append(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as handle:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
@@ -166,9 +203,59 @@ def train(
     Each step appends ``{"kind": "train", "step", "loss", "accuracy", "lr", "tokens_per_s"}`` to
     ``metrics.jsonl``; evaluations append ``{"kind": "eval", "step", "loss", "accuracy"}``.
 
+    Under ``torchrun`` (``WORLD_SIZE > 1``) it trains with DistributedDataParallel: see the
+    module's docstring; ``batch_size`` must be divisible by the number of processes. The
+    summary then also holds ``"world_size"`` and ``"replica_max_diff"`` (the largest difference
+    of any parameter between the ranks at the end: 0.0 when the replicas stayed identical).
+
     Returns:
         ``{"step", "loss", "accuracy", "eval", "checkpoint"}`` of the last step.
     """
+    rank, world_size, local_rank = world()
+    if world_size <= 1:
+        return _train(model_config, train_config, task, Path(out_dir), resume, until, progress, 0, 1, None)
+    if train_config.batch_size % world_size:
+        raise ValueError(
+            f"train: batch_size {train_config.batch_size} must be divisible by the {world_size} processes"
+        )
+    device = torch.device(train_config.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                rank=rank, world_size=world_size)
+    try:
+        summary = _train(model_config, train_config, task, Path(out_dir), resume, until, progress, rank,
+                         world_size, device)
+        # Free the DDP wrapper (its reducer sits in reference cycles) and let every rank finish
+        # its collectives before the group goes: a gloo group torn down at interpreter exit with
+        # live references can abort the process ("terminate called without an active exception").
+        gc.collect()
+        dist.barrier()
+        return summary
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+def _train(
+    model_config: TitansConfig,
+    train_config: TrainConfig,
+    task: Task,
+    out: Path,
+    resume: bool,
+    until: int | None,
+    progress: Callable[[dict[str, Any]], None] | None,
+    rank: int,
+    world_size: int,
+    device: torch.device | None,
+) -> dict[str, Any]:
+    distributed = world_size > 1
+    lead = rank == 0
+    if not lead:
+        progress = None
     if model_config.vocab_size < task.vocab_size:
         raise ValueError(
             f"train: the task uses {task.vocab_size} tokens but TitansConfig.vocab_size is {model_config.vocab_size}"
@@ -176,8 +263,8 @@ def train(
     stop = train_config.steps if until is None else until
     if isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= train_config.steps:
         raise ValueError(f"train: until must be in [1, steps={train_config.steps}], got {until!r}")
-    out = Path(out_dir)
-    device = torch.device(train_config.device)
+    if device is None:
+        device = torch.device(train_config.device)
     metrics = out / METRICS_NAME
     start = 0
     if resume:
@@ -188,27 +275,47 @@ def train(
             raise ValueError(f"train: {out} already holds a run (pass resume=True / --resume to continue it)")
         model = _new_model(model_config, train_config.seed, device)
     out.mkdir(parents=True, exist_ok=True)
+    if distributed:
+        # Plain DDP: every parameter gets a gradient each step, so find_unused_parameters is not
+        # needed. The memory's test-time gradients (torch.autograd.grad / torch.func inside the
+        # forward and in its recomputing backward) are taken with respect to intermediate
+        # tensors and do not fire DDP's gradient hooks; the tests check the synchronised result. static_graph=True is wrong here: in a test it left the first step's gradients
+        # unsynchronised and the replicas drifted apart. DDP broadcasts rank 0's weights at
+        # construction (equal anyway: the same seed or checkpoint).
+        ddp: torch.nn.Module = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    else:
+        ddp = model
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, train_config))
     if resume:
         optimizer.load_state_dict(optimizer_state)
         scheduler.load_state_dict(state["scheduler"])
-        _truncate_metrics(metrics, start)
+        if lead:
+            _truncate_metrics(metrics, start)
         logger.info("resumed %s at step %d", out, start)
-    elif metrics.exists():
+    elif lead and metrics.exists():
         metrics.unlink()
 
     def checkpoint(step: int) -> Path:
         sched = scheduler.state_dict()  # plain numbers; lr_lambdas is [None] for a function
         state = {"step": step, "train_config": dataclasses.asdict(train_config), "task": task_to_dict(task),
                  "scheduler": sched}
-        return save_training_checkpoint(out, model, optimizer, state)
+        if not distributed:
+            return save_training_checkpoint(out, model, optimizer, state)
+        dist.barrier()
+        if lead:
+            save_training_checkpoint(out, model, optimizer, state)
+        dist.barrier()  # the checkpoint is in place before any rank goes on
+        return out / f"checkpoint-{step:08d}"
 
     def run_eval(step: int) -> dict[str, Any]:
         result = evaluate_task(model, task, seq_len=train_config.seq_len, batches=train_config.eval_batches,
                                batch_size=train_config.batch_size, seed=train_config.seed)
-        record = {"kind": "eval", "step": step, **result}
-        _append(metrics, record)
+        record = {"kind": "eval", "step": step, **result}  # every rank evaluates its identical replica
+        if lead:
+            _append(metrics, record)
         logger.info("eval step %d: loss %.4f accuracy %.3f", step, result["loss"], result["accuracy"])
         if progress is not None:
             progress(record)
@@ -225,19 +332,24 @@ def train(
                                        train_config.seq_len)
         input_ids, labels = input_ids.to(device), labels.to(device)
         lr = optimizer.param_groups[0]["lr"]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            output = model(input_ids, labels=labels)
-        optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
+        if distributed:
+            loss, accuracy = _distributed_step(ddp, optimizer, input_ids, labels, rank, world_size, device)
+        else:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                output = model(input_ids, labels=labels)
+            optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            loss = float(output.loss.detach())
+            accuracy = task.accuracy(output.logits.detach().float(), labels)
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.clip)
         optimizer.step()
         scheduler.step()
         done = step + 1
         elapsed = time.perf_counter() - began
         rate = tokens * (done - start) / max(elapsed, 1e-9)
-        record = {"kind": "train", "step": done, "loss": float(output.loss.detach()), "lr": lr,
-                  "accuracy": task.accuracy(output.logits.detach().float(), labels), "tokens_per_s": rate}
-        _append(metrics, record)
+        record = {"kind": "train", "step": done, "loss": loss, "lr": lr, "accuracy": accuracy, "tokens_per_s": rate}
+        if lead:
+            _append(metrics, record)
         if progress is not None and (done % train_config.log_every == 0 or done == stop):
             progress({**record, "eta_s": elapsed / (done - start) * (stop - done), "total": stop})
         if train_config.eval_every and done % train_config.eval_every == 0:
@@ -251,8 +363,44 @@ def train(
         last_eval = run_eval(stop)
     if saved is None or not saved.name.endswith(f"{stop:08d}"):
         saved = checkpoint(stop)
-    return {"step": stop, "loss": record["loss"], "accuracy": record["accuracy"], "eval": last_eval,
-            "checkpoint": str(saved)}
+    summary = {"step": stop, "loss": record["loss"], "accuracy": record["accuracy"], "eval": last_eval,
+               "checkpoint": str(saved)}
+    if distributed:
+        summary.update(world_size=world_size, replica_max_diff=_replica_spread(model))
+    return summary
+
+
+def _distributed_step(
+    ddp: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> tuple[float, float]:
+    """Forward and backward of this rank's slice of the global batch; returns the global loss and
+    accuracy (equal to one process's on the whole batch). The loss whose gradient DDP averages is
+    ``world_size * (sum of this rank's token losses) / (scored tokens of all ranks)``, so the
+    averaged gradient is that of the mean over every scored token of the global batch, however
+    the scored tokens fall between the ranks."""
+    rows = input_ids.shape[0] // world_size
+    part = slice(rank * rows, (rank + 1) * rows)
+    input_ids, labels = input_ids[part], labels[part]
+    scored = labels != -100
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = ddp(input_ids).logits
+        flat = logits.flatten(0, 1)
+        if flat.dtype not in (torch.float32, torch.float64):
+            flat = flat.float()
+        token_sum = F.cross_entropy(flat, labels.flatten(), ignore_index=-100, reduction="sum")
+    correct = ((logits.detach().argmax(-1) == labels) & scored).sum()
+    totals = _all_sum(torch.stack([scored.sum(), correct]).to(torch.float64))  # exact integers
+    count = totals[0].clamp_min(1)
+    (token_sum * (world_size / count.to(token_sum.dtype))).backward()
+    loss = float(_all_sum(token_sum.to(torch.float64)) / count)
+    return loss, float(totals[1] / count)
 
 
 def load_run(out_dir: str | Path) -> tuple[TitansConfig, TrainConfig, Task, int]:
