@@ -63,8 +63,4 @@ def detach_memory(state: NeuralMemoryState | None) -> NeuralMemoryState | None:
 
 
 def detach_cache(cache: KVCache | None) -> KVCache | None:
-    if cache is None:
-        return None
-    return KVCache(
-        cache.prefix_k.detach(), cache.prefix_v.detach(), cache.k.detach(), cache.v.detach(), cache.position
-    )
+    return None if cache is None else cache.detach()
