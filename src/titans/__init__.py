@@ -12,6 +12,14 @@
 """
 
 from titans import registry
+from titans.ablation import (
+    AblationSpec,
+    RunSpec,
+    load_spec,
+    parse_spec,
+    run_ablation,
+    run_one,
+)
 from titans.blocks import (
     AttentionBlock,
     AttentionState,
@@ -29,9 +37,17 @@ from titans.builders import build_block, build_combine, build_memory
 from titans.checkpoint import load_pretrained, save_pretrained
 from titans.compat import TitansMACConfig, TitansMACForCausalLM
 from titans.config import PRESETS, TitansConfig
+from titans.demo import DemoSettings, run_demo
 from titans.evaluate import evaluate
 from titans.gating import CombineGate, NormalizedGate, ProductGate, SigmoidGate
-from titans.model import GenerateOutput, TitansLM, TitansOutput, TitansState, count_parameters
+from titans.model import (
+    GenerateOutput,
+    TitansLM,
+    TitansOutput,
+    TitansState,
+    count_parameters,
+)
+from titans.report import markdown_table, plot_results
 from titans.tasks import MQAR, TASKS, NeedleInHaystack, SelectiveCopy, Task, make_task
 from titans.train import TrainConfig, train
 
@@ -39,10 +55,12 @@ __all__ = [
     "MQAR",
     "PRESETS",
     "TASKS",
+    "AblationSpec",
     "AttentionBlock",
     "AttentionState",
     "Block",
     "CombineGate",
+    "DemoSettings",
     "GenerateOutput",
     "LMMBlock",
     "LMMState",
@@ -55,6 +73,7 @@ __all__ = [
     "NeedleInHaystack",
     "NormalizedGate",
     "ProductGate",
+    "RunSpec",
     "SelectiveCopy",
     "SigmoidGate",
     "Task",
@@ -71,8 +90,15 @@ __all__ = [
     "count_parameters",
     "evaluate",
     "load_pretrained",
+    "load_spec",
     "make_task",
+    "markdown_table",
+    "parse_spec",
+    "plot_results",
     "registry",
+    "run_ablation",
+    "run_demo",
+    "run_one",
     "save_pretrained",
     "train",
 ]

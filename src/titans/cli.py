@@ -1,4 +1,4 @@
-"""The ``titans`` command line: ``titans train`` and ``titans eval`` on the synthetic tasks.
+"""The ``titans`` command line: train, evaluate, ablate and demonstrate on the synthetic tasks.
 
 ::
 
@@ -7,6 +7,8 @@
     titans train --out runs/mac --resume [--steps 400]
     torchrun --nproc_per_node 2 -m titans train ...   (DistributedDataParallel; see titans.train)
     titans eval --checkpoint runs/mac --task mqar [--lengths 256,1024,4096] [--depths 0,0.5,1]
+    titans ablate ablation.json --out runs/ablation      (see titans.ablation for the file)
+    titans demo [--quick] [--out runs/demo]
 
 Bad input (unknown names, invalid values, missing files) prints one line ``titans: error: ...``
 and exits with status 2; an interrupted run exits with 130 and keeps its last checkpoint.
@@ -24,9 +26,12 @@ from typing import Any, NoReturn
 
 import torch
 
+from titans.ablation import load_spec, run_ablation
 from titans.checkpoint import load_pretrained
 from titans.config import TitansConfig
+from titans.demo import DemoSettings, run_demo
 from titans.evaluate import evaluate
+from titans.report import markdown_table, plot_results
 from titans.run_checkpoint import latest_checkpoint
 from titans.tasks import TASKS, make_task
 from titans.train import TrainConfig, load_run, train, world
@@ -152,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--json", action="store_true", help="print one JSON object per row")
+
+    ab = sub.add_parser("ablate", help="train and compare several variants on one task and budget")
+    ab.add_argument("spec", type=Path, help="the ablation's JSON file (see docs/training.md)")
+    ab.add_argument("--out", required=True, type=Path, help="directory of the runs, results.json, report.md, ablation.png")
+    ab.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    de = sub.add_parser("demo", help="memory model vs sliding-window baseline on recall beyond the window")
+    de.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
+    de.add_argument("--quick", action="store_true", help="fewer steps and lengths (under two minutes)")
+    de.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -237,12 +252,59 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_progress(quiet: bool) -> Any:
+    if quiet:
+        return None
+
+    def report(name: str, record: dict[str, Any]) -> None:
+        sys.stderr.write(f"[{name}] ")
+        _progress(record)
+
+    return report
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    try:
+        results = run_ablation(spec, args.out, progress=_run_progress(args.quiet))
+    except KeyboardInterrupt:
+        sys.stderr.write(f"titans: interrupted; finished runs and checkpoints in {args.out} are kept "
+                         "(the same command continues)\n")
+        return 130
+    table = markdown_table(results)
+    png = plot_results(results, args.out / "ablation.png",
+                       metrics=[args.out / "runs" / r["name"] / "metrics.jsonl" for r in results],
+                       train_len=spec.train.seq_len, title=f"titans ablate: {args.spec.name} ({spec.task.name})")
+    (args.out / "report.md").write_text(f"# Ablation {args.spec.name}: task {spec.task.name}\n\n{table}")
+    print(table, end="")
+    print(f"wrote {args.out / 'report.md'}, {png}, {args.out / 'results.json'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    try:
+        summary = run_demo(args.out, settings, progress=_run_progress(args.quiet))
+    except KeyboardInterrupt:
+        sys.stderr.write(f"titans: interrupted; finished runs and checkpoints in {args.out} are kept\n")
+        return 130
+    print(Path(summary["report"]).read_text(), end="")
+    print(f"wrote {summary['report']} and {summary['plot']}")
+    return 0
+
+
+_COMMANDS = {"train": _train, "eval": _eval, "ablate": _ablate, "demo": _demo}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit status (2 for bad input)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _train(args) if args.command == "train" else _eval(args)
+        return _COMMANDS[args.command](args)
+    except FloatingPointError as err:  # a diverged run: one line, status 1 (not bad input)
+        sys.stderr.write(f"titans: error: {str(err).splitlines()[0]}\n")
+        return 1
     except (ValueError, OSError, KeyError) as err:  # bad input: one line, no traceback
         message = str(err) if not isinstance(err, KeyError) else f"missing key {err}"
         sys.stderr.write(f"titans: error: {message.splitlines()[0] if message else type(err).__name__}\n")

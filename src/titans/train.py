@@ -172,7 +172,9 @@ def _resume(
     model, optimizer_state, state = load_training_state(latest_checkpoint(out_dir), device)
     if model.config.to_dict() != model_config.to_dict():
         raise ValueError(f"train: model_config differs from the checkpoint's in {out_dir}")
-    if state["task"] != json.loads(json.dumps(task_to_dict(task))):
+    # compare tasks, not their dicts: a checkpoint written before a task gained an option
+    # (saved without it) still resumes when the option is at its default
+    if make_task(state["task"]["name"], **state["task"]["options"]) != task:
         raise ValueError(f"train: task {task_to_dict(task)} differs from the checkpoint's {state['task']}")
     saved = state["train_config"]
     changed = [name for name in _RESUME_FIELDS if saved[name] != getattr(config, name)]
@@ -207,6 +209,10 @@ def train(
     module's docstring; ``batch_size`` must be divisible by the number of processes. The
     summary then also holds ``"world_size"`` and ``"replica_max_diff"`` (the largest difference
     of any parameter between the ranks at the end: 0.0 when the replicas stayed identical).
+
+    Raises:
+        FloatingPointError: the training loss became NaN or infinite (before that step's
+            update, so the checkpoints written so far hold finite weights).
 
     Returns:
         ``{"step", "loss", "accuracy", "eval", "checkpoint"}`` of the last step.
@@ -341,6 +347,12 @@ def _train(
             output.loss.backward()
             loss = float(output.loss.detach())
             accuracy = task.accuracy(output.logits.detach().float(), labels)
+        if not math.isfinite(loss):  # every rank sees the same (all-reduced) loss and stops together
+            raise FloatingPointError(
+                f"train: the loss is {loss} at step {step + 1}; the weights were not updated and the last "
+                f"checkpoint in {out} is intact (a memory's inner updates can diverge: lower the learning-rate "
+                "gate, the chunk size or the momentum, or the outer learning rate)"
+            )
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.clip)
         optimizer.step()
         scheduler.step()

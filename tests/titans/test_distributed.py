@@ -75,7 +75,11 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
     b = load_file(latest_checkpoint(tmp_path / "one") / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+        # float32 gradients summed in another order differ by ~1e-7; AdamW divides by the root of
+        # the second moment, which magnifies such differences in near-zero gradient entries
+        # (seen: 2.3e-6 in one of 2048 weights after 3 steps), so the bound is 1e-5, well under
+        # the 1e-3 a single step moves a weight.
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-5)
 
 
 WORKER = textwrap.dedent("""

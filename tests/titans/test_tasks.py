@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import dataclasses
 
 import pytest
@@ -44,9 +46,10 @@ def test_same_seed_same_batch_and_shapes(name: str) -> None:
 
 
 @SMALL
-@given(seed=st.integers(0, 2**16), pairs=st.integers(1, 6), extra=st.integers(0, 20), batch=st.integers(1, 3))
-def test_mqar_structure(seed: int, pairs: int, extra: int, batch: int) -> None:
-    task = MQAR(vocab_size=32, num_pairs=pairs)
+@given(seed=st.integers(0, 2**16), pairs=st.integers(1, 6), extra=st.integers(0, 20), batch=st.integers(1, 3),
+       at_end=st.booleans())
+def test_mqar_structure(seed: int, pairs: int, extra: int, batch: int, at_end: bool) -> None:
+    task = MQAR(vocab_size=32, num_pairs=pairs, queries_at_end=at_end)
     seq = 4 * pairs + extra
     ids, labels = task.batch(gen(seed), batch, seq)
     half = 16
@@ -61,6 +64,19 @@ def test_mqar_structure(seed: int, pairs: int, extra: int, batch: int) -> None:
         value_of = dict(zip(keys.tolist(), values.tolist()))
         for p in scored.tolist():
             assert labels[b, p].item() == value_of[ids[b, p].item()]
+        if at_end:  # every query in the last 2N positions: each pair at least L - 4N tokens back
+            assert (scored >= seq - 2 * pairs - 1).all()
+            assert (ids[b, 2 * pairs:seq - 2 * pairs - 1] == 0).all()
+
+
+def test_mqar_queries_at_end_validates_and_shuffles_the_order() -> None:
+    with pytest.raises(ValueError, match="queries_at_end"):  # past the runtime type checker (the CLI has none)
+        inspect.unwrap(MQAR.__init__)(object.__new__(MQAR), queries_at_end=1)
+    ids, labels = MQAR(vocab_size=64, num_pairs=4, queries_at_end=True).batch(gen(0), 64, 64)
+    first_keys = ids[:, 0:8:2]
+    asked = ids[:, 56::2]
+    assert (asked.sort(-1).values == first_keys.sort(-1).values).all()
+    assert (asked != first_keys).any()  # not always asked in the order they were given
 
 
 def test_mqar_needs_four_n_tokens() -> None:

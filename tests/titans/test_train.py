@@ -77,6 +77,27 @@ def test_resume_refuses_a_different_setup(tmp_path: Path) -> None:
         train(tiny("lmm"), config, MQAR(num_pairs=2), tmp_path / "empty", resume=True)
 
 
+def test_a_checkpoint_saved_before_a_task_option_existed_still_resumes(tmp_path: Path) -> None:
+    config = TrainConfig(steps=3, **FAST)
+    train(tiny("lmm"), config, MQAR(num_pairs=2), tmp_path, until=2)
+    state_path = latest_checkpoint(tmp_path) / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    del state["task"]["options"]["queries_at_end"]  # as written before MQAR had the option
+    state_path.write_text(json.dumps(state))
+    assert train(tiny("lmm"), config, MQAR(num_pairs=2), tmp_path, resume=True)["step"] == 3
+    with pytest.raises(ValueError, match="task"):  # the option at a non-default value is a different task
+        train(tiny("lmm"), TrainConfig(steps=4, **FAST), MQAR(num_pairs=2, queries_at_end=True), tmp_path,
+              resume=True)
+
+
+def test_train_stops_before_the_update_when_the_loss_is_not_finite(tmp_path: Path) -> None:
+    config = TrainConfig(steps=3, checkpoint_every=1, **FAST)
+    exploding = tiny("lmm", lr_gate=1000.0, chunk_size=1, memory_model="linear")
+    with pytest.raises(FloatingPointError, match="loss is (nan|inf) at step 1"):
+        train(exploding, config, MQAR(num_pairs=2), tmp_path / "bad")
+    assert not any((tmp_path / "bad").glob("checkpoint-*"))
+
+
 def test_checkpoint_files_are_safetensors_and_json(tmp_path: Path) -> None:
     train(tiny("mal"), TrainConfig(steps=4, checkpoint_every=1, **FAST), MQAR(num_pairs=2), tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -85,8 +106,8 @@ def test_checkpoint_files_are_safetensors_and_json(tmp_path: Path) -> None:
     assert sorted(p.name for p in checkpoint.iterdir()) == [
         "config.json", "model.safetensors", "optimizer.pt", "trainer_state.json"]
     state = json.loads((checkpoint / "trainer_state.json").read_text())
-    assert state["step"] == 4 and state["task"] == {"name": "mqar", "options": {"alpha": 0.1, "num_pairs": 2,
-                                                                              "vocab_size": 64}}
+    assert state["step"] == 4 and state["task"] == {"name": "mqar", "options": {
+        "alpha": 0.1, "num_pairs": 2, "queries_at_end": False, "vocab_size": 64}}
     model, optimizer_state, _ = load_training_state(checkpoint, torch.device("cpu"))  # weights_only load
     assert optimizer_state["state"] and model.config == tiny("mal")
     model_config, config, task, step = load_run(tmp_path)

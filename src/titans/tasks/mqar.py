@@ -9,6 +9,13 @@ Layout of one sequence of length ``L`` (``4 N <= L``)::
 
     k1 v1 k2 v2 ... kN vN | 0 0 kj 0 0 0 ki 0 ...     (queries on even offsets of the tail)
                             labels:  vj       vi      (at the query positions, -100 elsewhere)
+
+With ``queries_at_end=True`` every query sits in the last ``2 N`` positions (in random order),
+so each pair lies at least ``L - 4 N`` tokens before its query: beyond a sliding window of that
+size or less, recall must come from a memory::
+
+    k1 v1 ... kN vN 0 0 0 ... 0 0 0 | kj 0 ki 0 ...
+                                      vj   vi         (labels)
 """
 
 from __future__ import annotations
@@ -34,11 +41,14 @@ class MQAR:
             ``4 N <= seq_len``.
         alpha: power-law exponent of the query distances, ``p(gap = i) ~ i^(alpha - 1)``
             (Zoology's default 0.1).
+        queries_at_end: put all ``N`` queries in the last ``2 N`` positions instead of drawing
+            their distances (``alpha`` is then unused).
     """
 
     vocab_size: int = 64
     num_pairs: int = 4
     alpha: float = 0.1
+    queries_at_end: bool = False
     name: str = "mqar"
 
     def __post_init__(self) -> None:
@@ -51,6 +61,8 @@ class MQAR:
             )
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha <= 1:
             raise ValueError(f"MQAR.alpha: must be in (0, 1], got {self.alpha!r}")
+        if not isinstance(self.queries_at_end, bool):
+            raise ValueError(f"MQAR.queries_at_end: must be true or false, got {self.queries_at_end!r}")
 
     def batch(
         self, generator: torch.Generator, batch_size: int, seq_len: int
@@ -67,7 +79,10 @@ class MQAR:
         context = 2 * n
         space = (seq_len - context) // 2
         weights = torch.arange(1, space + 1, dtype=torch.float64) ** (self.alpha - 1)
-        gaps = torch.multinomial(weights.expand(batch_size, space), n, replacement=False, generator=generator)
+        if self.queries_at_end:  # a random order of the keys in the last n even offsets
+            gaps = (space - n) + torch.rand(batch_size, n, generator=generator).argsort(-1)
+        else:
+            gaps = torch.multinomial(weights.expand(batch_size, space), n, replacement=False, generator=generator)
         input_ids = torch.zeros(batch_size, seq_len, dtype=torch.long)
         input_ids[:, 0:context:2] = keys
         input_ids[:, 1:context:2] = values

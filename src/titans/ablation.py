@@ -1,0 +1,283 @@
+"""Ablations: several model variants or component choices trained on one task with one budget,
+then evaluated at several lengths and compared in one table.
+
+An ablation is described by a JSON document (see :func:`parse_spec`)::
+
+    {
+      "task": "mqar", "task_args": {"num_pairs": 4, "queries_at_end": true},
+      "preset": "tiny",
+      "model": {"dim": 64, "window": 16},
+      "train": {"steps": 200, "batch_size": 16, "seq_len": 128, "lr": 0.003},
+      "eval": {"lengths": [128, 256, 512], "batches": 2, "batch_size": 16},
+      "runs": [
+        {"name": "mac-mlp", "variant": "mac"},
+        {"name": "mac-linear", "variant": "mac", "memory_model": "linear"},
+        {"name": "swa", "variant": "swa"}
+      ]
+    }
+
+Every run trains with :func:`titans.train.train` into ``OUT/runs/NAME`` (its metrics as JSON
+lines, its checkpoints) and writes ``OUT/runs/NAME/result.json``. Running the same ablation
+again reuses finished runs and resumes interrupted ones from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from titans.checkpoint import load_pretrained
+from titans.config import TitansConfig
+from titans.evaluate import evaluate
+from titans.model import count_parameters
+from titans.run_checkpoint import latest_checkpoint
+from titans.tasks import Task, make_task, task_to_dict
+from titans.train import METRICS_NAME, TrainConfig, train
+
+__all__ = ["AblationSpec", "RunSpec", "load_spec", "parse_spec", "run_ablation", "run_one"]
+
+RESULT_NAME = "result.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_TOP_KEYS = {"task", "task_args", "preset", "model", "train", "eval", "runs"}
+_EVAL_KEYS = {"lengths", "batches", "batch_size", "seed"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of an ablation: a name (a directory name) and the model it trains."""
+
+    name: str
+    model: TitansConfig
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    """A whole ablation: one task, one training budget, one evaluation, several runs.
+
+    Args:
+        task: the synthetic task every run trains and is evaluated on.
+        train: the training budget and settings shared by every run.
+        lengths: evaluation lengths (tokens per sequence).
+        eval_batches, eval_batch_size: evaluation batches per length and their size.
+        eval_seed: seed of the evaluation stream (the same sequences for every run).
+        runs: the runs, with unique names.
+    """
+
+    task: Task
+    train: TrainConfig
+    lengths: tuple[int, ...]
+    runs: tuple[RunSpec, ...]
+    eval_batches: int = 2
+    eval_batch_size: int = 8
+    eval_seed: int = 0
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"ablation: {where} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _run_name(fields: dict[str, Any]) -> str:
+    """A default run name from the values a run sets, e.g. ``mac-linear`` for
+    ``{"variant": "mac", "memory_model": "linear"}``."""
+    if not fields:
+        return "base"
+    return "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", str(value)).strip("_") or "_" for value in fields.values())
+
+
+def parse_spec(document: dict[str, Any]) -> AblationSpec:
+    """Builds an :class:`AblationSpec` from a JSON document (module docstring).
+
+    Keys: ``runs`` (required: a non-empty list of objects of :class:`TitansConfig` fields, each
+    with an optional ``name``, by default its values joined by ``-``), ``task`` (default ``"mqar"``), ``task_args``, ``preset``
+    (default ``"tiny"``), ``model`` (fields shared by every run), ``train`` (:class:`TrainConfig`
+    fields), ``eval`` (``lengths``, default ``[train.seq_len]``; ``batches``; ``batch_size``;
+    ``seed``). A run's ``vocab_size`` defaults to the task's needs.
+
+    Raises ``ValueError`` naming the problem: unknown keys or fields, duplicate or unusable
+    run names, invalid values.
+    """
+    document = _mapping(document, "the document")
+    unknown = sorted(set(document) - _TOP_KEYS)
+    if unknown:
+        raise ValueError(f"ablation: unknown keys {unknown}; choose from {sorted(_TOP_KEYS)}")
+    runs = document.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise ValueError("ablation: 'runs' must be a non-empty list of run objects")
+    task_name = document.get("task", "mqar")
+    if not isinstance(task_name, str):
+        raise ValueError(f"ablation: 'task' must be a task name, got {task_name!r}")
+    task_args = dict(_mapping(document.get("task_args", {}), "'task_args'"))
+    preset = document.get("preset", "tiny")
+    base = TitansConfig.preset(preset) if isinstance(preset, str) else None
+    if base is None:
+        raise ValueError(f"ablation: 'preset' must be a preset name, got {preset!r}")
+    shared = dict(_mapping(document.get("model", {}), "'model'"))
+    fields = {f.name for f in dataclasses.fields(TitansConfig)}
+    task_args.setdefault("vocab_size", shared.get("vocab_size", base.vocab_size))
+    task = make_task(task_name, **task_args)
+
+    train_fields = dict(_mapping(document.get("train", {}), "'train'"))
+    known_train = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(train_fields) - known_train)
+    if unknown:
+        raise ValueError(f"ablation: unknown 'train' fields {unknown}; choose from {sorted(known_train)}")
+    try:
+        train_config = TrainConfig(**train_fields)
+    except TypeError as err:  # a value of the wrong kind that the dataclass could not take
+        raise ValueError(f"ablation: 'train': {err}") from err
+
+    evaluation = dict(_mapping(document.get("eval", {}), "'eval'"))
+    unknown = sorted(set(evaluation) - _EVAL_KEYS)
+    if unknown:
+        raise ValueError(f"ablation: unknown 'eval' keys {unknown}; choose from {sorted(_EVAL_KEYS)}")
+    lengths = evaluation.get("lengths", [train_config.seq_len])
+    if (not isinstance(lengths, list) or not lengths
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths)):
+        raise ValueError(f"ablation: 'eval.lengths' must be a non-empty list of positive integers, got {lengths!r}")
+    numbers = {}
+    for key, default, low in (("batches", 2, 1), ("batch_size", train_config.batch_size, 1), ("seed", 0, 0)):
+        value = evaluation.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"ablation: 'eval.{key}' must be an integer >= {low}, got {value!r}")
+        numbers[key] = value
+
+    specs: list[RunSpec] = []
+    for index, run in enumerate(runs):
+        run = dict(_mapping(run, f"runs[{index}]"))
+        name = run.pop("name", None)
+        unknown = sorted((set(run) | set(shared)) - fields)
+        if unknown:
+            raise ValueError(f"ablation: runs[{index}]: unknown TitansConfig fields {unknown}")
+        name = _run_name(run) if name is None else name
+        if not isinstance(name, str) or not _NAME.match(name) or len(name) > 120:
+            raise ValueError(
+                f"ablation: runs[{index}]: name {name!r} must be 1-120 letters, digits, '_', '-', '.' "
+                "(it names a directory)"
+            )
+        if any(spec.name == name for spec in specs):
+            raise ValueError(f"ablation: runs[{index}]: the name {name!r} is used twice")
+        changes = {"vocab_size": task.vocab_size, **shared, **run}
+        try:
+            model = dataclasses.replace(base, **changes)
+        except TypeError as err:
+            raise ValueError(f"ablation: runs[{index}] ({name}): {err}") from err
+        if model.vocab_size < task.vocab_size:
+            raise ValueError(
+                f"ablation: runs[{index}] ({name}): vocab_size {model.vocab_size} < the task's {task.vocab_size}"
+            )
+        specs.append(RunSpec(name, model))
+    return AblationSpec(task=task, train=train_config, lengths=tuple(lengths), runs=tuple(specs),
+                        eval_batches=numbers["batches"], eval_batch_size=numbers["batch_size"],
+                        eval_seed=numbers["seed"])
+
+
+def load_spec(path: str | Path) -> AblationSpec:
+    """:func:`parse_spec` of a JSON file; a missing file raises ``FileNotFoundError``, bad JSON
+    ``ValueError`` with the position."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ablation: {path} does not exist")
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"ablation: {path} is not valid JSON ({err})") from err
+    return parse_spec(document)
+
+
+def _identity(run: RunSpec, spec: AblationSpec) -> dict[str, Any]:
+    """What a finished run must match to be reused."""
+    return json.loads(json.dumps({
+        "model": run.model.to_dict(), "train": dataclasses.asdict(spec.train), "task": task_to_dict(spec.task),
+        "lengths": list(spec.lengths), "eval": [spec.eval_batches, spec.eval_batch_size, spec.eval_seed],
+    }))
+
+
+def _final_train_record(metrics: Path) -> dict[str, Any]:
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    train_records = [r for r in records if r["kind"] == "train"]
+    if not train_records:
+        raise ValueError(f"ablation: {metrics} holds no training record")
+    return train_records[-1]
+
+
+def run_one(
+    run: RunSpec,
+    spec: AblationSpec,
+    out_dir: str | Path,
+    *,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Trains (or reuses, or resumes) one run in ``out_dir`` and evaluates it.
+
+    Returns (and writes to ``out_dir/result.json``) ``{"name", "variant", "parameters",
+    "loss", "accuracy", "tokens_per_s", "train_seconds", "eval": [{"length", "loss",
+    "accuracy"}, ...], "identity"}``: the last training step's loss and accuracy, the
+    training throughput, and the evaluation at every length of the spec. A run whose loss
+    became non-finite is recorded, not raised: ``"diverged"`` holds the message, and its
+    loss, accuracy, tokens/s and evaluation values are ``None``.
+    """
+    out = Path(out_dir)
+    identity = _identity(run, spec)
+    result_path = out / RESULT_NAME
+    if result_path.is_file():
+        result = json.loads(result_path.read_text())
+        if result.get("identity") == identity:
+            return result
+        raise ValueError(f"ablation: {out} holds a finished run of a different spec; remove it or use another --out")
+    resume = out.is_dir() and any(out.glob("checkpoint-*"))
+    began = time.perf_counter()
+    result: dict[str, Any] = {"name": run.name, "variant": run.model.variant}
+    try:
+        train(run.model, spec.train, spec.task, out, resume=resume, progress=progress)
+    except FloatingPointError as err:  # a diverged run is a result of the ablation, not a crash
+        result.update(
+            parameters=count_parameters(run.model), loss=None, accuracy=None, tokens_per_s=None,
+            train_seconds=time.perf_counter() - began, diverged=str(err),
+            eval=[{"length": n, "loss": None, "accuracy": None} for n in spec.lengths], identity=identity,
+        )
+    else:
+        seconds = time.perf_counter() - began
+        last = _final_train_record(out / METRICS_NAME)
+        model = load_pretrained(latest_checkpoint(out), device=spec.train.device)
+        rows = evaluate(model, spec.task, list(spec.lengths), batches=spec.eval_batches,
+                        batch_size=spec.eval_batch_size, seed=spec.eval_seed)
+        result.update(
+            parameters=count_parameters(run.model), loss=last["loss"], accuracy=last["accuracy"],
+            tokens_per_s=last["tokens_per_s"], train_seconds=seconds,
+            eval=[{"length": r["length"], "loss": r["loss"], "accuracy": r["accuracy"]} for r in rows],
+            identity=identity,
+        )
+    tmp = result_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
+    tmp.replace(result_path)
+    return result
+
+
+def run_ablation(
+    spec: AblationSpec,
+    out_dir: str | Path,
+    *,
+    progress: Callable[[str, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Runs every run of ``spec`` in ``out_dir/runs/NAME`` (see :func:`run_one`), one after
+    the other; returns their results in order and writes them to ``out_dir/results.json``.
+
+    ``progress(name, record)`` receives each run's training records."""
+    out = Path(out_dir)
+    results = []
+    for run in spec.runs:
+        report = None if progress is None else (lambda record, name=run.name: progress(name, record))
+        results.append(run_one(run, spec, out / "runs" / run.name, progress=report))
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps([{k: v for k, v in r.items() if k != "identity"} for r in results], indent=1))
+    tmp.replace(out / "results.json")
+    return results

@@ -1,0 +1,192 @@
+"""Ablations: the spec's validation, runs trained and evaluated, finished runs reused, an
+interrupted run resumed onto the uninterrupted trajectory, the table and the plot, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from titans.ablation import load_spec, parse_spec, run_ablation, run_one
+from titans.cli import main
+from titans.report import accuracy_at, markdown_table, plot_results
+from titans.train import train
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def spec_document(**changes: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "task": "mqar",
+        "task_args": {"num_pairs": 2, "queries_at_end": True},
+        "model": {"memory_model": "linear", "window": 4},
+        "train": {"steps": 3, "batch_size": 2, "seq_len": 16, "warmup": 1, "log_every": 1, "eval_batches": 1},
+        "eval": {"lengths": [16, 32], "batches": 1, "batch_size": 2},
+        "runs": [{"name": "lmm", "variant": "lmm"}, {"variant": "swa"}],
+    }
+    document.update(changes)
+    return document
+
+
+def test_parse_spec_builds_runs_with_shared_fields_and_default_names() -> None:
+    spec = parse_spec(spec_document())
+    assert [run.name for run in spec.runs] == ["lmm", "swa"]
+    assert [run.model.variant for run in spec.runs] == ["lmm", "swa"]
+    assert all(run.model.window == 4 and run.model.memory_model == "linear" for run in spec.runs)
+    assert spec.task.num_pairs == 2 and spec.task.queries_at_end
+    assert spec.train.steps == 3 and spec.lengths == (16, 32) and spec.eval_batch_size == 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"runs": []}, "'runs'"),
+        ({"runz": []}, "unknown keys ['runz']"),
+        ({"runs": [{"variant": "mac", "memory_modle": "mlp"}]}, "memory_modle"),
+        ({"runs": [{"name": "a", "variant": "mac"}, {"name": "a", "variant": "swa"}]}, "used twice"),
+        ({"runs": [{"name": "../up", "variant": "mac"}]}, "names a directory"),
+        ({"runs": [{"variant": "nope"}]}, "variant"),
+        ({"runs": ["mac"]}, "runs[0] must be a JSON object"),
+        ({"task": "nope"}, "nope"),
+        ({"task_args": {"bogus": 1}}, "bogus"),
+        ({"train": {"stepz": 1}}, "stepz"),
+        ({"train": {"steps": 0}}, "steps"),
+        ({"eval": {"lengths": []}}, "eval.lengths"),
+        ({"eval": {"lengths": [16], "batches": 0}}, "eval.batches"),
+        ({"eval": {"lenghts": [16]}}, "lenghts"),
+        ({"preset": "huge"}, "huge"),
+    ],
+)
+def test_bad_specs_raise_value_errors_naming_the_problem(changes: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ValueError, match=None) as info:
+        parse_spec(spec_document(**changes))
+    assert needle in str(info.value)
+
+
+def test_load_spec_reports_missing_files_and_bad_json(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_spec(tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_spec(bad)
+
+
+def test_run_ablation_trains_evaluates_and_reuses_finished_runs(tmp_path: Path) -> None:
+    spec = parse_spec(spec_document())
+    results = run_ablation(spec, tmp_path)
+    assert [r["name"] for r in results] == ["lmm", "swa"]
+    for r in results:
+        run_dir = tmp_path / "runs" / r["name"]
+        steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line)["kind"] == "train"]
+        assert steps == [1, 2, 3]
+        assert [row["length"] for row in r["eval"]] == [16, 32]
+        assert all(0 <= row["accuracy"] <= 1 for row in r["eval"])
+        assert r["parameters"] > 0 and r["tokens_per_s"] > 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["name"] for r in saved] == ["lmm", "swa"] and "identity" not in saved[0]
+
+    metrics = tmp_path / "runs" / "lmm" / "metrics.jsonl"
+    stamp = metrics.stat().st_mtime_ns
+    again = run_ablation(spec, tmp_path)
+    assert metrics.stat().st_mtime_ns == stamp  # reused, not retrained
+    assert [r["eval"] for r in again] == [r["eval"] for r in results]
+
+    changed = parse_spec(spec_document(train={**spec_document()["train"], "steps": 4}))
+    with pytest.raises(ValueError, match="different spec"):
+        run_ablation(changed, tmp_path)
+
+
+def test_an_interrupted_run_resumes_onto_the_uninterrupted_trajectory(tmp_path: Path) -> None:
+    spec = parse_spec(spec_document(runs=[{"name": "lmm", "variant": "lmm"}]))
+    run = spec.runs[0]
+    whole = run_one(run, spec, tmp_path / "whole")
+    train(run.model, spec.train, spec.task, tmp_path / "cut", until=2)  # stopped after 2 of 3 steps
+    resumed = run_one(run, spec, tmp_path / "cut")
+    assert resumed["loss"] == whole["loss"]
+    assert resumed["eval"] == whole["eval"]
+
+
+def test_markdown_table_and_plot(tmp_path: Path) -> None:
+    spec = parse_spec(spec_document())
+    results = run_ablation(spec, tmp_path)
+    table = markdown_table(results)
+    lines = table.strip().splitlines()
+    assert len(lines) == 2 + len(results)
+    assert "acc @ 16" in lines[0] and "acc @ 32" in lines[0]
+    assert lines[2].startswith("| lmm | lmm |")
+    assert accuracy_at(results[0], 32) == results[0]["eval"][1]["accuracy"]
+    with pytest.raises(KeyError, match="length 64"):
+        accuracy_at(results[0], 64)
+    with pytest.raises(ValueError, match="no results"):
+        markdown_table([])
+    png = plot_results(results, tmp_path / "plot.png",
+                       metrics=[tmp_path / "runs" / r["name"] / "metrics.jsonl" for r in results],
+                       window=4, train_len=16, chance=0.1, title="test")
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5_000
+
+
+def test_titans_ablate_writes_table_plot_and_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec_file = tmp_path / "ablation.json"
+    spec_file.write_text(json.dumps(spec_document()))
+    out = tmp_path / "out"
+    assert main(["ablate", str(spec_file), "--out", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "| lmm | lmm |" in printed and "| swa | swa |" in printed and "ablation.png" in printed
+    assert (out / "ablation.png").read_bytes()[:8] == PNG_MAGIC
+    assert "| lmm | lmm |" in (out / "report.md").read_text()
+    assert len(json.loads((out / "results.json").read_text())) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [(None, "does not exist"), ("[1, 2", "not valid JSON"), ('{"runs": [{"variant": "bogus"}]}', "bogus")],
+)
+def test_titans_ablate_bad_input_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, needle: str
+) -> None:
+    spec_file = tmp_path / "spec.json"
+    if content is not None:
+        spec_file.write_text(content)
+    assert main(["ablate", str(spec_file), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("titans: error:") and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_example_file_in_the_docs_is_a_valid_spec() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "training.md").read_text()
+    section = text[text.index("## Ablations"):]
+    example = section[section.index("```json") + len("```json"):]
+    spec = parse_spec(json.loads(example[: example.index("```")]))
+    assert [run.name for run in spec.runs] == ["mag", "mag-no-forgetting", "mag-gd", "swa"]
+    assert spec.runs[1].model.decay_gate is None and spec.runs[2].model.optimizer == "gd"
+    assert spec.task.queries_at_end and spec.lengths == (128, 512, 2048)
+
+
+def test_a_diverging_run_is_recorded_and_the_ablation_goes_on(tmp_path: Path) -> None:
+    # a constant inner learning rate of 1000 makes every token multiply the memory by ~2000: overflow
+    runs = [{"name": "explodes", "variant": "lmm", "lr_gate": 1000.0, "chunk_size": 1}, {"name": "swa", "variant": "swa"}]
+    spec = parse_spec(spec_document(runs=runs))
+    results = run_ablation(spec, tmp_path)
+    bad, good = results
+    assert "loss is nan" in bad["diverged"] or "loss is inf" in bad["diverged"]
+    assert bad["loss"] is None and all(row["accuracy"] is None for row in bad["eval"])
+    assert "diverged" not in good and good["loss"] is not None
+    assert not any((tmp_path / "runs" / "explodes").glob("checkpoint-*"))  # no checkpoint of broken weights
+    table = markdown_table(results)
+    assert "| explodes | lmm |" in table and "diverged" in table
+    assert plot_results(results, tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC
+    assert run_ablation(spec, tmp_path)[0]["diverged"] == bad["diverged"]  # reused as it is
+
+
+def test_titans_train_stops_with_one_line_when_the_loss_diverges(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["train", "--variant", "lmm", "--task", "mqar", "--steps", "3", "--out", str(tmp_path / "x"),
+                   "--lr-gate", "1000", "--chunk-size", "1", "--batch-size", "2", "--seq-len", "32", "-q"])
+    err = capsys.readouterr().err
+    assert status == 1 and err.startswith("titans: error: train: the loss is") and err.count("\n") == 1, err
