@@ -70,6 +70,8 @@ OVERRIDES: dict[str, tuple[str, Any, str]] = {
     "--optimizer": ("optimizer", str, "inner (memory) optimizer: momentum or gd"),
     "--objective": ("objective", str, "inner objective (squared_error, huber, lp, dot_product)"),
     "--lr-gate": ("lr_gate", _gate, f"theta: {_GATE_HELP}"),
+    "--lr-gate-init": ("lr_gate_init", float, "the learned theta's start value (default 0.01)"),
+    "--lr-gate-max": ("lr_gate_max", float, "the learned theta's ceiling (default 0.1)"),
     "--momentum-gate": ("momentum_gate", _gate, f"eta: {_GATE_HELP}"),
     "--decay-gate": ("decay_gate", _gate, f"alpha: {_GATE_HELP}"),
     "--chunk-size": ("chunk_size", int, "memory chunk size"),

@@ -48,6 +48,8 @@ class TitansConfig:
             (eq. 12), ``"huber"``, ``"lp"``, ``"dot_product"`` with ``objective_kwargs``.
         lr_gate, momentum_gate, decay_gate: ``theta``, ``eta``, ``alpha`` (eqs. 13-14):
             ``"learned"``, a float (constant), or ``None`` (momentum and decay only: off).
+        lr_gate_init, lr_gate_max: the learned ``theta``'s value at initialisation and its
+            ceiling (``0 < init < max``); see docs/guides/stability.md for choosing them.
         per_tensor_lr: a learned step size per fast-weight tensor.
         chunk_size: tokens that share the chunk-start weights (eq. 16).
         conv_kernel: taps of the causal convolution after q, k, v (0: none).
@@ -90,6 +92,8 @@ class TitansConfig:
     lr_gate: str | float | None = "learned"
     momentum_gate: str | float | None = "learned"
     decay_gate: str | float | None = "learned"
+    lr_gate_init: float = 0.01
+    lr_gate_max: float = 0.1
     per_tensor_lr: bool = False
     chunk_size: int = 16
     conv_kernel: int = 4
@@ -233,6 +237,14 @@ def _validate(cfg: TitansConfig) -> None:
     except TypeError as err:
         raise ValueError(f"TitansConfig.objective_kwargs: {cfg.objective!r} rejects {cfg.objective_kwargs}: {err}") from err
     _gate(cfg, "lr_gate", allow_none=False)
+    for name in ("lr_gate_init", "lr_gate_max"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"TitansConfig.{name}: must be a finite number > 0, got {value!r}")
+    if not cfg.lr_gate_init < cfg.lr_gate_max:
+        raise ValueError(
+            f"TitansConfig.lr_gate_init: must be below lr_gate_max={cfg.lr_gate_max}, got {cfg.lr_gate_init}"
+        )
     _gate(cfg, "momentum_gate", allow_none=True)
     _gate(cfg, "decay_gate", allow_none=True)
     if not optimizer.uses_momentum and cfg.momentum_gate not in ("learned", None):

@@ -108,3 +108,5 @@ def test_component_overrides_map_onto_config_fields() -> None:
     assert (c.memory_model, c.memory_depth, c.optimizer, c.momentum_gate, c.decay_gate, c.lr_gate,
             c.memory_layers, c.chunk_size) == ("gated_mlp", 3, "gd", None, None, 0.5, (1,), 2)
     assert config("--memory-layers", "all").memory_layers is None
+    c = config("--lr-gate-init", "0.001", "--lr-gate-max", "0.02")
+    assert (c.lr_gate_init, c.lr_gate_max) == (0.001, 0.02)

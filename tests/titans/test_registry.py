@@ -44,6 +44,19 @@ def test_memory_layers_choose_which_blocks_carry_memory():
     assert out.logits.shape == (1, 3, 64)
 
 
+def test_the_learned_lr_gate_takes_the_configs_start_value_and_ceiling():
+    for per_tensor in (False, True):
+        config = TitansConfig.preset("tiny", variant="lmm", lr_gate_init=0.002, lr_gate_max=0.05,
+                                     per_tensor_lr=per_tensor)
+        memory = TitansLM(config).blocks[0].memory
+        theta = memory.lr_gate(torch.zeros(1, 3, config.dim))
+        values = list(theta.values()) if isinstance(theta, dict) else [theta]
+        assert len(values) == (3 if per_tensor else 1)  # w1, w2, norm_weight of the MLP memory
+        for value in values:  # a zero input leaves only the bias: the start value
+            torch.testing.assert_close(value, torch.full_like(value, 0.002))
+        assert memory.lr_gate.max_value == 0.05
+
+
 def test_gates_swap_by_name_or_value():
     model = TitansLM(TitansConfig.preset("tiny", variant="lmm", lr_gate=0.1, decay_gate=None, optimizer="gd"))
     memory = model.blocks[0].memory
