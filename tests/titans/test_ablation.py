@@ -157,13 +157,17 @@ def test_titans_ablate_bad_input_is_one_line_exit_2(
     assert not (tmp_path / "out").exists()
 
 
-def test_the_example_file_in_the_docs_is_a_valid_spec() -> None:
-    text = (Path(__file__).parents[2] / "docs" / "training.md").read_text()
+def test_the_example_file_and_the_docs_copy_are_the_same_valid_spec() -> None:
+    root = Path(__file__).parents[2]
+    text = (root / "docs" / "training.md").read_text()
     section = text[text.index("## Ablations"):]
     example = section[section.index("```json") + len("```json"):]
-    spec = parse_spec(json.loads(example[: example.index("```")]))
-    assert [run.name for run in spec.runs] == ["mag", "mag-no-forgetting", "mag-gd", "swa"]
+    document = json.loads(example[: example.index("```")])
+    assert json.loads((root / "examples" / "ablation_mqar.json").read_text()) == document
+    spec = parse_spec(document)
+    assert [run.name for run in spec.runs] == ["mag", "mag-no-forgetting", "mag-gd", "mag-chunk8", "swa"]
     assert spec.runs[1].model.decay_gate is None and spec.runs[2].model.optimizer == "gd"
+    assert spec.runs[3].model.chunk_size == 8 and spec.runs[0].model.chunk_size == 1
     assert spec.task.queries_at_end and spec.lengths == (128, 512, 2048)
 
 
