@@ -27,14 +27,15 @@ def _setup(device: str, threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _layer(args: argparse.Namespace, block_chunks: int, checkpoint: bool):
+def _layer(args: argparse.Namespace, block_chunks: int | None, checkpoint: bool):
     from memory_blocks import MLPMemory, NeuralMemory
 
     torch.manual_seed(0)
+    knobs = {} if block_chunks is None else {"block_chunks": block_chunks}  # None: the layer's default
     return NeuralMemory(
         args.dim, heads=1, chunk_size=args.chunk,
         memory=MLPMemory(args.dim, depth=2, expansion=4),
-        block_chunks=block_chunks, checkpoint=checkpoint,
+        checkpoint=checkpoint, **knobs,
     ).to(args.device)
 
 
@@ -132,12 +133,14 @@ def flops_and_matmul_rate(args: argparse.Namespace, seq: int) -> tuple[float, fl
     return flops, achieved, matmul
 
 
-def run_worker(args: argparse.Namespace, seq: int | str, block_chunks: int, checkpoint: bool) -> dict:
+def run_worker(args: argparse.Namespace, seq: int | str, block_chunks: int | None, checkpoint: bool) -> dict:
     cmd = [
         sys.executable, __file__, "--worker", str(seq), "--device", args.device,
         "--threads", str(args.threads), "--dim", str(args.dim), "--chunk", str(args.chunk),
-        "--batch", str(args.batch), "--repeats", str(args.repeats), "--block-chunks", str(block_chunks),
-    ] + ([] if checkpoint else ["--no-checkpoint"])
+        "--batch", str(args.batch), "--repeats", str(args.repeats),
+    ] + ([] if block_chunks is None else ["--block-chunks", str(block_chunks)]) + (
+        [] if checkpoint else ["--no-checkpoint"]
+    )
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -151,7 +154,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--lengths", default="1024,4096,16384")
-    parser.add_argument("--block-chunks", type=int, default=8)
+    parser.add_argument("--block-chunks", type=int, default=None, help="chunks per block (default: the layer's)")
     parser.add_argument("--no-checkpoint", dest="checkpoint", action="store_false", help="store every block (faster, more memory)")
     parser.add_argument("--naive-length", type=int, default=256)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -176,7 +179,7 @@ def main() -> None:
     for seq in [int(s) for s in args.lengths.split(",")]:
         r = run_worker(args, seq, args.block_chunks, args.checkpoint)
         first = first or r["tokens_per_s"]
-        print(f"{seq:>8} {args.block_chunks:>6} {str(args.checkpoint):>5} {r['tokens_per_s']:>10,.0f} "
+        print(f"{seq:>8} {args.block_chunks or 'dflt':>6} {str(args.checkpoint):>5} {r['tokens_per_s']:>10,.0f} "
               f"{r['seconds']:>8.2f} {r['peak_mib']:>9,.0f} {r['tokens_per_s'] / first:>6.2f}")
     _setup(args.device, args.threads)
     naive, par = naive_vs_parallel(args, args.naive_length)

@@ -81,10 +81,11 @@ class NeuralMemory(nn.Module):
         output_norm: RMSNorm on each head's retrieval.
         output_gate: multiply the retrieval by ``sigmoid(W_g x)`` before the output projection.
         block_chunks, checkpoint: speed and memory knobs of :func:`memorize` (results do not
-            depend on them). The defaults (blocks of 8 chunks, recomputed in the backward
-            pass) keep training memory low: about 1.2 GB peak for 4K tokens at dim 256 with a
-            2-layer MLP memory (batch 2); ``checkpoint=False`` is about 30% faster and stores
-            about 7x more (docs/benchmarks.md).
+            depend on them). The defaults (blocks of 6 chunks, recomputed in the backward
+            pass except one block in four, whose recorded graph is kept) keep training memory
+            low: about 1.35 GB peak (process) for 4K tokens at dim 256 with a 2-layer MLP
+            memory (batch 2); ``checkpoint=False`` keeps every block's graph: about 20%
+            faster, about 2 GB at 4K tokens (docs/memory.md).
     """
 
     def __init__(
@@ -106,7 +107,7 @@ class NeuralMemory(nn.Module):
         qk_norm: bool = True,
         output_norm: bool = True,
         output_gate: bool = True,
-        block_chunks: int = 8,
+        block_chunks: int = 6,
         checkpoint: bool = True,
     ) -> None:
         super().__init__()

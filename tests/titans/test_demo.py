@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from titans.cli import main
 from titans.demo import DemoSettings, demo_spec, run_demo
@@ -53,6 +54,7 @@ def test_bad_demo_settings_name_the_field(kwargs: dict, needle: str) -> None:
 
 
 def test_quick_demo_memory_clearly_beats_the_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.set_num_threads(2)  # as the command runs on a 2-core machine (the fixture restores one thread)
     assert main(["demo", "--quick", "--out", str(tmp_path), "-q"]) == 0
     printed = capsys.readouterr().out
     assert "recall beyond the attention window" in printed and str(tmp_path / "demo.png") in printed

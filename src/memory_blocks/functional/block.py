@@ -17,8 +17,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from memory_blocks.functional.fast_ops import DirectOps, DualOps, Factor, KeyPathOps
-from memory_blocks.functional.recurrence import ChunkCoefficients, momentum_at_end, weights_at
+from memory_blocks.functional.fast_ops import (
+    DirectOps,
+    DualOps,
+    Factor,
+    KeyPathOps,
+    Reader,
+)
+from memory_blocks.functional.recurrence import (
+    ChunkCoefficients,
+    momentum_at_end,
+    weights_at,
+)
+from memory_blocks.functional.weight_tape import plain_read
+from memory_blocks.functional.weight_update import decayed_update
 
 __all__ = ["factored_block", "subtract_gradients"]
 
@@ -69,9 +81,13 @@ def factored_block(
     coef: ChunkCoefficients,
     create_graph: bool,
     need_last_anchor: bool,
+    *,
+    read: Reader = plain_read,
 ) -> tuple[Tensor, Weights, Weights, Weights | None]:
     """Writes and reads one block whose first chunk's gradient point is ``anchor``.
 
+    ``read(h, W)`` applies the block's input weight matrices (``h @ W^T``; a
+    :class:`~memory_blocks.functional.weight_tape.WeightTape` records the reads instead).
     Returns the block's retrievals, the weights and momentum after its last token, and (when
     ``need_last_anchor``) the gradient point of its last chunk.
     """
@@ -84,7 +100,7 @@ def factored_block(
         e = s + kk.shape[-2]
         if j == 0:
             point: DirectOps | DualOps = DirectOps(
-                anchor if create_graph else {name: w.detach() for name, w in anchor.items()}
+                anchor if create_graph else {name: w.detach() for name, w in anchor.items()}, read
             )
         else:
             # The weights after token s - 1, in closed form over the tokens before s.
@@ -95,6 +111,7 @@ def factored_block(
                 _rows(coef.gamma, s - 1, s),
                 {name: m[..., s - 1 : s, :s] for name, m in mix.items()},
                 _cat(parts),
+                read,
             )
         if not create_graph:
             kk, vv = kk.detach(), vv.detach()
@@ -103,15 +120,23 @@ def factored_block(
             loss = objective(memory.forward_ops(ops, kk), vv).sum()
             parts.append(ops.factors(loss, create_graph))
     factors = _cat(parts)
-    y = memory.forward_ops(DualOps(weights, mom, coef.beta, coef.gamma, mix, factors), q)
+    y = memory.forward_ops(DualOps(weights, mom, coef.beta, coef.gamma, mix, factors, read), q)
 
-    def subtract(name: str, base: Tensor, c: Tensor) -> Tensor:
-        return subtract_gradients(base, factors[name], c)
+    def update(
+        name: str, w: Tensor, beta: Tensor | None, s: Tensor | None, gamma: Tensor | None, c: Tensor
+    ) -> Tensor:
+        factor = factors[name]
+        if len(factor) == 2:
+            return decayed_update(w, beta, s, gamma, factor[0], factor[1], c)
+        base = w if beta is None else beta[..., None] * w
+        if s is not None and gamma is not None:
+            base = base + gamma[..., None] * s
+        return subtract_gradients(base, factor, c)
 
-    new_weights = weights_at(weights, momentum, coef, lr_keys, n - 1, subtract)
-    new_momentum = momentum_at_end(momentum, coef, lr_keys, subtract)
+    new_weights = weights_at(weights, momentum, coef, lr_keys, n - 1, update=update)
+    new_momentum = momentum_at_end(momentum, coef, lr_keys, update=update)
     last_anchor = None
     if need_last_anchor:
         last = starts[-1]
-        last_anchor = anchor if last == 0 else weights_at(weights, momentum, coef, lr_keys, last - 1, subtract)
+        last_anchor = anchor if last == 0 else weights_at(weights, momentum, coef, lr_keys, last - 1, update=update)
     return y, new_weights, new_momentum, last_anchor

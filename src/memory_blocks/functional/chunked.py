@@ -7,9 +7,10 @@ predecessor left. Inside a chunk everything is batched over tokens, batch and he
   (:mod:`memory_blocks.functional.block`): each token's gradient is kept as the factors of an
   outer product, every weight inside a block is read in the dual form from the closed-form
   momentum and forgetting recurrences (:func:`chunk_coefficients`), and full-size weights are
-  written only once per block. Autograd then stores one set of weights per block, not per
-  chunk; ``checkpoint=True`` stores only the block inputs and recomputes each block (also for
-  the generic path below).
+  written only once per block. Each block's graph is recorded and kept for the backward pass,
+  or with ``checkpoint=True`` only its inputs are stored and it is recomputed (all but one
+  block in ``keep_every``; :mod:`memory_blocks.functional.recompute`, also for the generic
+  path below).
 - Any other memory (``ModuleMemory``) runs chunk by chunk (:mod:`memory_blocks.functional.generic`)
   with ``torch.func`` per-token gradients and materialised per-token weights: exact, general,
   slower.
@@ -49,6 +50,7 @@ def memorize(
     objective: Callable[[Tensor, Tensor], Tensor] = squared_error,
     block_chunks: int = 4,
     checkpoint: bool = False,
+    keep_every: int = 4,
 ) -> tuple[Float[Tensor, "batch heads seq dim_out"], MemoryState]:
     """Write ``(k_t, v_t)`` into the memory and read ``q_t``: the fast parallel form.
 
@@ -72,6 +74,9 @@ def memorize(
             block). Does not change the result.
         checkpoint: when gradients are recorded, keep only each block's inputs and recompute
             the block in the backward pass (less memory, one more forward without recording).
+        keep_every: with ``checkpoint``, one block in every ``keep_every`` (0: none) keeps its
+            recorded graph instead of being recomputed: a trade of memory for time that stays
+            the same fraction at every length. Does not change the result.
 
     Returns:
         ``y`` of shape ``(batch, heads, seq, dim_out)`` and the new :class:`MemoryState`.
@@ -79,6 +84,8 @@ def memorize(
     lr_map = check_memorize_args("memorize", memory, q, k, v, lr, momentum, decay, chunk_size, state)
     if isinstance(block_chunks, bool) or not isinstance(block_chunks, int) or block_chunks < 1:
         raise ValueError(f"memorize: block_chunks must be an integer >= 1, got {block_chunks!r}")
+    if isinstance(keep_every, bool) or not isinstance(keep_every, int) or keep_every < 0:
+        raise ValueError(f"memorize: keep_every must be an integer >= 0, got {keep_every!r}")
     batch, heads, seq, _ = k.shape
     if state is None:
         state = memory.init_state(batch, heads)
@@ -92,7 +99,6 @@ def memorize(
     block = chunk_size * block_chunks if memory.factored else chunk_size
     segments, coefficients = _plan(state.offset, seq, chunk_size, block, lr_tensors, momentum, decay)
     step = factored_block if memory.factored else generic_chunk
-    use_checkpoint = checkpoint and torch.is_grad_enabled()
     create_graph = torch.is_grad_enabled()
     ends_mid_chunk = (state.offset + seq) % chunk_size != 0
 
@@ -111,8 +117,12 @@ def memorize(
             memory, objective, lr_keys, chunk_size, anchor, weights, mom, qi, ki, vi, coef,
             create_graph, ends_mid_chunk and i == len(segments) - 1,
         )
-        if use_checkpoint and not args[-1]:
-            y, weights, mom = recompute_block(step, *args[:-2])
+        if create_graph and not args[-1]:
+            # Every block that ends at a chunk boundary goes through recompute_block: recomputed
+            # in the backward pass, or (without checkpointing, and one in keep_every with it)
+            # recorded now and kept; either way its weight gradients are summed on a tape.
+            keep = not checkpoint or (keep_every > 0 and i % keep_every == 0)
+            y, weights, mom = recompute_block(step, *args[:-2], keep=keep)
         else:
             y, weights, mom, last_anchor = step(*args)
         ys.append(y)

@@ -20,10 +20,17 @@ weights, and the functional core evaluates it three ways:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-__all__ = ["DirectOps", "KeyPathOps", "DualOps", "Factor"]
+from memory_blocks.functional.weight_tape import plain_read
+
+__all__ = ["DirectOps", "DualOps", "Factor", "KeyPathOps", "Reader"]
+
+#: How a fast-weight matrix is read: ``read(h, W) = h @ W^T`` (a :class:`WeightTape` records it).
+Reader = Callable[[Tensor, Tensor], Tensor]
 
 #: A per-token gradient in factored form: ``(delta, x)`` for a matrix (gradient of token i is
 #: ``delta_i x_i^T``), or ``(g,)`` for a vector (gradient of token i is ``g_i``).
@@ -31,13 +38,19 @@ Factor = tuple[Tensor, ...]
 
 
 class DirectOps:
-    """Apply weights with leading dimensions ``(*lead)`` to tokens ``(*lead, seq, dim_in)``."""
+    """Apply weights with leading dimensions ``(*lead)`` to tokens ``(*lead, seq, dim_in)``.
 
-    def __init__(self, weights: dict[str, Tensor]) -> None:
+    Args:
+        weights: name -> weight.
+        read: how a matrix is applied (``h @ W^T`` unless a weight tape records it).
+    """
+
+    def __init__(self, weights: dict[str, Tensor], read: Reader = plain_read) -> None:
         self.weights = weights
+        self.read = read
 
     def linear(self, name: str, x: Tensor) -> Tensor:
-        return x @ self.weights[name].mT
+        return self.read(x, self.weights[name])
 
     def vector(self, name: str) -> Tensor:
         return self.weights[name].unsqueeze(-2)
@@ -117,6 +130,7 @@ class DualOps:
         gamma: ``(batch, heads, rows)``, the weight of ``S_s``, or ``None``.
         mix: name -> ``(batch, heads, rows, M)``, ``A``.
         factors: name -> the per-token gradient factors of the ``M`` source tokens.
+        read: how ``W_s`` and ``S_s`` are applied (``h @ W^T`` unless a weight tape records it).
     """
 
     def __init__(
@@ -127,8 +141,10 @@ class DualOps:
         gamma: Tensor | None,
         mix: dict[str, Tensor],
         factors: dict[str, Factor],
+        read: Reader = plain_read,
     ) -> None:
         self.start = start
+        self.read = read
         self.momentum = momentum
         self.beta = None if beta is None else beta.unsqueeze(-1)
         self.gamma = None if gamma is None else gamma.unsqueeze(-1)
@@ -136,11 +152,11 @@ class DualOps:
         self.factors = factors
 
     def linear(self, name: str, h: Tensor) -> Tensor:
-        y = h @ self.start[name].mT
+        y = self.read(h, self.start[name])
         if self.beta is not None:
             y = y * self.beta
         if self.gamma is not None and self.momentum is not None:
-            y = torch.addcmul(y, h @ self.momentum[name].mT, self.gamma)
+            y = torch.addcmul(y, self.read(h, self.momentum[name]), self.gamma)
         delta, x = self.factors[name]
         return y - ((h @ x.mT) * self.mix[name]) @ delta
 

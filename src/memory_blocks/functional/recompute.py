@@ -4,6 +4,11 @@ The block runs once without recording (so its inner gradients are taken without 
 graph), keeping only its input tensors; the backward pass runs it again with recording and
 differentiates that. Unlike ``torch.utils.checkpoint`` this works with ``torch.autograd.grad``
 as well as ``.backward()``, and skips the graph of the first run entirely.
+
+For a factored memory the second run reads the block's input weight matrices through a
+:class:`~memory_blocks.functional.weight_tape.WeightTape`, so that each one's gradient from all
+its reads is one product instead of a sum of full-size tensors (not when the backward pass is
+itself recorded, which keeps plain autograd).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from memory_blocks.functional.fast_ops import Reader
 from memory_blocks.functional.recurrence import ChunkCoefficients
+from memory_blocks.functional.weight_tape import WeightTape
 
 __all__ = ["recompute_block"]
 
@@ -37,33 +44,82 @@ def _coef_from(coef: ChunkCoefficients, tensors: list[Tensor | None]) -> ChunkCo
 
 
 class _Recompute(torch.autograd.Function):
-    """``run(*tensors)``, keeping only ``tensors`` for the backward pass."""
+    """``run(*tensors)``, keeping only ``tensors`` for the backward pass.
+
+    ``taped`` lists the positions of the tensors whose reads ``run(*tensors, read=...)`` may
+    record on a weight tape (``None``: ``run`` takes no ``read``). With ``keep`` the forward
+    records its graph and keeps it for the backward pass instead (no recomputation; more memory).
+    """
 
     @staticmethod
-    def forward(ctx: Any, run: Callable[..., tuple[Tensor, ...]], *tensors: Tensor) -> tuple[Tensor, ...]:
-        ctx.run = run
+    def forward(
+        ctx: Any,
+        run: Callable[..., tuple[Tensor, ...]],
+        taped: list[int] | None,
+        keep: bool,
+        *tensors: Tensor,
+    ) -> tuple[Tensor, ...]:
+        ctx.run, ctx.taped, ctx.kept = run, taped, None
+        ctx.set_materialize_grads(False)  # an unused output (the last block's weights) gets None
         ctx.save_for_backward(*tensors)
-        return run(*tensors)  # autograd.Function.forward runs without recording
+        if not keep:
+            return run(*tensors)  # autograd.Function.forward runs without recording
+        inputs, tape, outs = _record(run, taped, tensors)
+        ctx.kept = (inputs, tape, outs)
+        return tuple(o.detach() for o in outs)
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
-        inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
-        with torch.enable_grad():
-            outs = ctx.run(*inputs)
+        create_graph = torch.is_grad_enabled()
+        if ctx.kept is not None and not create_graph:
+            inputs, tape, outs = ctx.kept
+        else:
+            # A recorded backward (create_graph) recomputes on the saved tensors themselves, so
+            # that the gradients it returns stay connected to the graph that produced them.
+            inputs, tape, outs = _record(
+                ctx.run, None if create_graph else ctx.taped, ctx.saved_tensors, fresh=not create_graph
+            )
+        ctx.kept = None  # a recorded graph is used once; a second backward recomputes
         pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
         wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
         result: list[Tensor | None] = [None] * len(inputs)
         if pairs and wanted:
+            recorded = [] if tape is None else tape.outputs()
             got = torch.autograd.grad(
                 [o for o, _ in pairs],
-                [inputs[i] for i in wanted],
+                [inputs[i] for i in wanted] + recorded,
                 [g for _, g in pairs],
                 allow_unused=True,
-                create_graph=torch.is_grad_enabled(),
+                create_graph=create_graph,
             )
             for i, g in zip(wanted, got):
                 result[i] = g
-        return (None, *result)
+            if tape is not None:
+                summed = tape.gradients(
+                    list(got[len(wanted) :]), {id(inputs[i]): result[i] for i in wanted}
+                )
+                for i in wanted:
+                    result[i] = summed.get(id(inputs[i]), result[i])
+        if tape is not None:
+            tape.clear()
+        return (None, None, None, *result)
+
+
+def _record(
+    run: Callable[..., tuple[Tensor, ...]],
+    taped: list[int] | None,
+    tensors: tuple[Tensor, ...],
+    fresh: bool = True,
+) -> tuple[list[Tensor], WeightTape | None, tuple[Tensor, ...]]:
+    """Runs ``run`` recording its graph (on fresh leaves unless ``fresh`` is false; reads of
+    ``taped`` on a weight tape)."""
+    inputs = [t.detach().requires_grad_(t.requires_grad) if fresh else t for t in tensors]
+    tape = None
+    if taped is not None:
+        tape = WeightTape([inputs[i] for i in taped if inputs[i].requires_grad])
+    with torch.enable_grad():
+        outs = run(*inputs) if tape is None else run(*inputs, read=tape.read)
+    return inputs, tape, outs
 
 
 def recompute_block(
@@ -79,8 +135,11 @@ def recompute_block(
     k: Tensor,
     v: Tensor,
     coef: ChunkCoefficients,
+    *,
+    keep: bool = False,
 ) -> tuple[Tensor, Weights, Weights]:
-    """``step(...)`` for one block that ends at a chunk boundary, recomputed in the backward.
+    """``step(...)`` for one block that ends at a chunk boundary, recomputed in the backward
+    (or, with ``keep``, recorded now and kept for the backward pass).
 
     Returns the block's retrievals and the weights and momentum after it.
     """
@@ -92,7 +151,7 @@ def recompute_block(
         slots += list(anchor.values())
     present = [i for i, t in enumerate(slots) if t is not None]
 
-    def run(*tensors: Tensor) -> tuple[Tensor, ...]:
+    def run(*tensors: Tensor, read: Reader | None = None) -> tuple[Tensor, ...]:
         full: list[Tensor | None] = list(slots)
         for i, t in zip(present, tensors):
             full[i] = t
@@ -103,15 +162,20 @@ def recompute_block(
         w = dict(zip(names, rest[: len(names)]))
         m = dict(zip(names, rest[len(names) : 2 * len(names)]))
         a = w if same_anchor else dict(zip(names, rest[2 * len(names) :]))
+        extra = {} if read is None else {"read": read}
         y, new_w, new_m, _ = step(
-            memory, objective, lr_keys, chunk, a, w, m, qq, kk, vv, cc, torch.is_grad_enabled(), False
+            memory, objective, lr_keys, chunk, a, w, m, qq, kk, vv, cc, torch.is_grad_enabled(), False,
+            **extra,
         )
         outs = [y, *new_w.values()]
         if uses_momentum:
             outs += list(new_m.values())
         return tuple(outs)
 
-    outs = _Recompute.apply(run, *[slots[i] for i in present])
+    # The weight matrices a factored block reads: every slot after the coefficients.
+    first_weight = 3 + len(_coef_tensors(coef))
+    taped = [j for j, i in enumerate(present) if i >= first_weight] if memory.factored else None
+    outs = _Recompute.apply(run, taped, keep, *[slots[i] for i in present])
     y, rest = outs[0], outs[1:]
     new_w = dict(zip(names, rest[: len(names)]))
     new_m = dict(zip(names, rest[len(names) :])) if uses_momentum else dict(momentum)

@@ -33,6 +33,7 @@ from torch import Tensor
 
 __all__ = [
     "ChunkCoefficients",
+    "Update",
     "chunk_coefficients",
     "momentum_at_end",
     "segment_products",
@@ -140,25 +141,43 @@ def _bh(c: Tensor, like: Tensor) -> Tensor:
     return c.reshape(*c.shape, *([1] * (like.ndim - 2)))
 
 
+#: ``update(name, W, beta, S, gamma, c)`` returns ``beta W + gamma S - sum_i c_i g_i`` for a
+#: fast weight's factored per-token gradients ``g_i`` (``beta`` ``None``: 1; ``S`` and ``gamma``
+#: ``None``: no momentum term); ``beta``, ``gamma`` of shape ``(batch, heads)``, ``c`` of shape
+#: ``(batch, heads, M)``.
+Update = Callable[[str, Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor], Tensor]
+
+
 def weights_at(
     weights: dict[str, Tensor],
     momentum: dict[str, Tensor],
     coef: ChunkCoefficients,
     lr_keys: dict[str, str],
     row: int,
-    subtract: Callable[[str, Tensor, Tensor], Tensor],
+    subtract: Callable[[str, Tensor, Tensor], Tensor] | None = None,
+    *,
+    update: Update | None = None,
 ) -> dict[str, Tensor]:
     """``W`` after token ``row`` of the segment: ``beta W_s + gamma S_s - sum_i A_{row,i} g_i``.
 
-    ``subtract(name, base, c)`` returns ``base - sum_i c_i g_i`` for coefficients ``c`` of
-    shape ``(batch, heads, M)`` over the segment's tokens (fused where it can be).
+    Either ``subtract(name, base, c)`` returns ``base - sum_i c_i g_i`` for coefficients ``c`` of
+    shape ``(batch, heads, M)`` over the segment's tokens, or ``update`` (:data:`Update`) does
+    the whole combination (fused where it can be).
     """
     out = {}
     for name, w in weights.items():
-        base = w if coef.beta is None else _bh(coef.beta[..., row], w) * w
-        if coef.gamma is not None:
-            base = torch.addcmul(base, _bh(coef.gamma[..., row], w), momentum[name])
-        out[name] = subtract(name, base, coef.mix[lr_keys[name]][..., row, :])
+        c = coef.mix[lr_keys[name]][..., row, :]
+        beta = None if coef.beta is None else coef.beta[..., row]
+        gamma = None if coef.gamma is None else coef.gamma[..., row]
+        if update is not None:
+            out[name] = update(name, w, beta, None if gamma is None else momentum[name], gamma, c)
+            continue
+        if subtract is None:
+            raise ValueError("weights_at: pass subtract or update")
+        base = w if beta is None else _bh(beta, w) * w
+        if gamma is not None:
+            base = torch.addcmul(base, _bh(gamma, w), momentum[name])
+        out[name] = subtract(name, base, c)
     return out
 
 
@@ -166,13 +185,21 @@ def momentum_at_end(
     momentum: dict[str, Tensor],
     coef: ChunkCoefficients,
     lr_keys: dict[str, str],
-    subtract: Callable[[str, Tensor, Tensor], Tensor],
+    subtract: Callable[[str, Tensor, Tensor], Tensor] | None = None,
+    *,
+    update: Update | None = None,
 ) -> dict[str, Tensor]:
     """``S`` after the segment's last token: ``E_L S_s - sum_i B_{L,i} g_i`` (unchanged
-    without momentum)."""
+    without momentum); ``subtract`` or ``update`` as in :func:`weights_at`."""
     if coef.momentum_decay is None:
         return dict(momentum)
-    return {
-        name: subtract(name, _bh(coef.momentum_decay, s) * s, coef.momentum_mix[lr_keys[name]])
-        for name, s in momentum.items()
-    }
+    out = {}
+    for name, s in momentum.items():
+        c = coef.momentum_mix[lr_keys[name]]
+        if update is not None:
+            out[name] = update(name, s, coef.momentum_decay, None, None, c)
+            continue
+        if subtract is None:
+            raise ValueError("momentum_at_end: pass subtract or update")
+        out[name] = subtract(name, _bh(coef.momentum_decay, s) * s, c)
+    return out
