@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +43,32 @@ class NeuralMemoryState:
 
     def detach(self) -> NeuralMemoryState:
         return NeuralMemoryState(self.memory.detach(), None if self.conv is None else self.conv.detach())
+
+
+@contextlib.contextmanager
+def _inner_precision(x: Tensor) -> Iterator[Callable[[Any], Any]]:
+    """The memory's inner loop in full precision under autocast.
+
+    Under ``torch.autocast`` the projections and gates come out in the low-precision dtype
+    (bfloat16 or float16) while normalised keys and the fast weights (``W_0`` is a float32
+    parameter) stay in float32, and the inner products, their closed-form gate products and the
+    fast weights themselves would be rounded to 8 bits of mantissa. Inside this context autocast
+    is off and ``cast`` turns a tensor (or a dict of tensors, or ``None``) into float32; without
+    autocast, ``cast`` returns its argument unchanged."""
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        yield lambda value: value
+        return
+
+    def cast(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {name: cast(t) for name, t in value.items()}
+        if isinstance(value, Tensor) and value.is_floating_point() and value.dtype != torch.float64:
+            return value.float()
+        return value
+
+    with torch.autocast(device_type, enabled=False):
+        yield cast
 
 
 class NeuralMemory(nn.Module):
@@ -251,14 +280,15 @@ class NeuralMemory(nn.Module):
         lr = self.lr_gate(x)
         eta = None if self.momentum_gate is None else self.momentum_gate(x)
         alpha = None if self.decay_gate is None else self.decay_gate(x)
-        y, mem = memorize(
-            self.memory, q, k, v, lr, eta, alpha,
-            chunk_size=self.chunk_size,
-            state=None if state is None else state.memory,
-            objective=self.objective,
-            block_chunks=self.block_chunks,
-            checkpoint=self.checkpoint,
-        )
+        with _inner_precision(x) as cast:
+            y, mem = memorize(
+                self.memory, cast(q), cast(k), cast(v), cast(lr), cast(eta), cast(alpha),
+                chunk_size=self.chunk_size,
+                state=None if state is None else state.memory,
+                objective=self.objective,
+                block_chunks=self.block_chunks,
+                checkpoint=self.checkpoint,
+            )
         return self._output(x, y), NeuralMemoryState(mem, conv)
 
     def retrieve(
@@ -270,7 +300,9 @@ class NeuralMemory(nn.Module):
         self._check(x, state)
         q, _, _, _ = self._qkv(x, None if state is None else state.conv)
         mem = state.memory if state is not None else self.memory.init_state(x.shape[0], self.heads)
-        return self._output(x, retrieve(self.memory, mem, q))
+        with _inner_precision(x) as cast:
+            y = retrieve(self.memory, mem, cast(q))
+        return self._output(x, y)
 
     def _output(self, x: Tensor, y: Tensor) -> Tensor:
         if self.out_norm is not None:

@@ -175,6 +175,16 @@ class TitansLM(nn.Module):
         return GenerateOutput(tokens=new, state=out.state)
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are the same; ``cuda`` (no index) means the current CUDA device."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+
+
 def sample_next(
     logits: Float[Tensor, "batch vocab"],
     temperature: float,
@@ -189,7 +199,7 @@ def sample_next(
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    if generator is not None and generator.device != probs.device:
+    if generator is not None and not _same_device(generator.device, probs.device):
         raise ValueError(f"sample_next: the generator is on {generator.device}, the logits on {probs.device}")
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 

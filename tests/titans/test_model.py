@@ -215,3 +215,23 @@ def test_models_with_some_memoryless_blocks_stream_exactly(device, variant):
     ids = token_ids(config, 2, 9, 0, device)
     with torch.no_grad():
         torch.testing.assert_close(_stream(model, ids, [1, 2, 4, 7]), model(ids).logits, **TOL)
+
+
+@pytest.mark.parametrize("variant", ["mac", "mag", "mal", "lmm"])
+def test_bf16_autocast_runs_the_memory_in_float32(variant: str) -> None:
+    # the training loop autocasts to bfloat16 on CUDA; CPU autocast takes the same code path
+    config = tiny(variant, memory_checkpoint=True)
+    model = build(config, torch.device("cpu")).float()  # mixed precision starts from float32 weights
+    ids = token_ids(config, 2, 24, seed=0, device=torch.device("cpu"))
+    full = model(ids).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    torch.testing.assert_close(out.logits.float(), full, atol=0.15, rtol=0.05)  # bfloat16 rounding only
+    memory = next(block.memory for block in model.blocks if getattr(block, "memory", None) is not None)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in memory.parameters())
+    states = [block.memory for block in out.state.blocks if getattr(block, "memory", None) is not None]
+    assert states  # every memory variant's blocks carry a memory state
+    for state in states:  # the fast weights stayed in float32
+        assert all(w.dtype == torch.float32 for w in state.memory.weights.values())
