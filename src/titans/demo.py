@@ -35,7 +35,7 @@ from typing import Any
 
 from titans.ablation import AblationSpec, RunSpec, run_ablation
 from titans.config import TitansConfig
-from titans.model import TitansLM
+from titans.model import count_parameters
 from titans.report import accuracy_at, markdown_table, plot_results
 from titans.tasks import MQAR
 from titans.train import METRICS_NAME, TrainConfig
@@ -82,16 +82,12 @@ _MODEL = dict(vocab_size=64, dim=64, depth=2, heads=2, ffn_hidden=128, chunk_siz
               memory_model="linear", segment_len=16, max_seq_len=2048)
 
 
-def _parameters(config: TitansConfig) -> int:
-    return sum(p.numel() for p in TitansLM(config).parameters())
-
-
 def _equal_size_baseline(memory: TitansConfig) -> TitansConfig:
     """The ``swa`` model whose SwiGLU width makes its parameter count closest to ``memory``'s."""
-    target = _parameters(memory)
+    target = count_parameters(memory)
     base = dataclasses.replace(memory, variant="swa")
     best = min(range(16, 4 * memory.dim * 4 + 1, 8),
-               key=lambda width: abs(_parameters(dataclasses.replace(base, ffn_hidden=width)) - target))
+               key=lambda width: abs(count_parameters(dataclasses.replace(base, ffn_hidden=width)) - target))
     return dataclasses.replace(base, ffn_hidden=best)
 
 

@@ -15,6 +15,9 @@ from typing import Any
 
 __all__ = ["accuracy_at", "markdown_table", "plot_results"]
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LINES = ("-", "--", "-.", ":")
+
 
 def accuracy_at(result: dict[str, Any], length: int) -> float:
     """The evaluation accuracy of ``result`` at ``length``: NaN for a run that diverged,
@@ -81,12 +84,15 @@ def plot_results(
     panels = 2 if metrics is not None else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
     ax = axes[0][0]
-    for r in results:
+    for index, r in enumerate(results):
         if r.get("diverged"):
             ax.plot([], [], marker="x", linestyle="none", label=f"{r['name']} (diverged)")
             continue
         lengths = [row["length"] for row in r["eval"]]
-        ax.plot(lengths, [100 * row["accuracy"] for row in r["eval"]], marker="o", label=r["name"])
+        # runs with equal results overlap: markers of shrinking size and changing shape keep
+        # every run visible
+        ax.plot(lengths, [100 * row["accuracy"] for row in r["eval"]], marker=_MARKERS[index % len(_MARKERS)],
+                markersize=max(3.0, 9.0 - 1.2 * index), linestyle=_LINES[index % len(_LINES)], label=r["name"])
     lengths = sorted({row["length"] for r in results for row in r["eval"]})
     if len(lengths) > 1:
         ax.set_xscale("log", base=2)
