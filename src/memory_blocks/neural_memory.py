@@ -94,9 +94,11 @@ class NeuralMemory(nn.Module):
         optimizer: :class:`Momentum` (default, eq. 13) or :class:`GradientDescent`, or their
             names ``"momentum"`` / ``"gd"``.
         lr_gate: ``theta``: a :class:`Gate`, a float (constant), or ``"learned"`` (default:
-            ``LearnedGate(init=0.01, max_value=0.1)``). The inner loss sums over features, so
-            the stable step size shrinks with the memory's width and depth: about 0.1 suits a
-            linear memory of 64 features, 0.003 a 2-layer MLP memory of that width.
+            ``LearnedGate(init=lr_init, max_value=lr_max)``). The inner loss sums over features,
+            so the stable step size depends on the memory model, its width and the chunk size
+            (docs/guides/stability.md).
+        lr_init, lr_max: the learned ``theta``'s value at initialisation and its ceiling
+            (default 0.01 and 0.1; ``0 < lr_init < lr_max``); used when ``lr_gate="learned"``.
         momentum_gate: ``eta``: as above (default learned, init 0.9); must be left at its
             default with gradient descent.
         decay_gate: ``alpha``: as above (default learned, init 0.01), or ``None`` for no
@@ -128,6 +130,8 @@ class NeuralMemory(nn.Module):
         objective: Objective | None = None,
         optimizer: InnerOptimizer | str = "momentum",
         lr_gate: Gate | float | str = _LEARNED,
+        lr_init: float = 0.01,
+        lr_max: float = 0.1,
         momentum_gate: Gate | float | str | None = _LEARNED,
         decay_gate: Gate | float | str | None = _LEARNED,
         per_tensor_lr: bool = False,
@@ -190,7 +194,7 @@ class NeuralMemory(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.conv = CausalDepthwiseConv(3 * inner, conv_kernel) if conv_kernel else None
         names = list(memory.initial_weights()) if per_tensor_lr else None
-        self.lr_gate = self._gate("lr_gate", lr_gate, dim, init=0.01, max_value=0.1, names=names)
+        self.lr_gate = self._gate("lr_gate", lr_gate, dim, init=lr_init, max_value=lr_max, names=names)
         self.momentum_gate = (
             self._gate("momentum_gate", momentum_gate, dim, init=0.9) if optimizer.uses_momentum else None
         )

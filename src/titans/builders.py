@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from memory_blocks.attention import SegmentAttention, SlidingWindowAttention
-from memory_blocks.gates import ConstantGate, Gate, LearnedGate
+from memory_blocks.gates import ConstantGate, Gate
 from memory_blocks.layers.feedforward import SwiGLU
 from memory_blocks.layers.norm import RMSNorm
 from memory_blocks.neural_memory import NeuralMemory
@@ -51,10 +51,6 @@ def build_memory(config: TitansConfig) -> NeuralMemory:
         return value
 
     momentum_gate = gate(config.momentum_gate) if optimizer.uses_momentum else "learned"
-    lr_gate = gate(config.lr_gate)
-    if lr_gate == "learned":  # with the config's start value and ceiling
-        names = list(memory_model.initial_weights()) if config.per_tensor_lr else None
-        lr_gate = LearnedGate(config.dim, heads, init=config.lr_gate_init, max_value=config.lr_gate_max, names=names)
     return NeuralMemory(
         config.dim,
         heads,
@@ -62,7 +58,9 @@ def build_memory(config: TitansConfig) -> NeuralMemory:
         memory_model,
         objective=objective,
         optimizer=optimizer,
-        lr_gate=lr_gate,
+        lr_gate=gate(config.lr_gate),
+        lr_init=config.lr_gate_init,
+        lr_max=config.lr_gate_max,
         momentum_gate=momentum_gate,
         decay_gate=gate(config.decay_gate),
         per_tensor_lr=config.per_tensor_lr,
