@@ -38,9 +38,10 @@ from titans.evaluate import evaluate
 from titans.model import count_parameters
 from titans.run_checkpoint import latest_checkpoint
 from titans.tasks import Task, make_task, task_to_dict
+from titans.tasks.base import check_int
 from titans.train import METRICS_NAME, TrainConfig, train
 
-__all__ = ["AblationSpec", "RunSpec", "load_spec", "parse_spec", "run_ablation", "run_one"]
+__all__ = ["AblationSpec", "RunSpec", "load_spec", "metrics_paths", "parse_spec", "run_ablation", "run_one"]
 
 RESULT_NAME = "result.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -145,8 +146,7 @@ def parse_spec(document: dict[str, Any]) -> AblationSpec:
     numbers = {}
     for key, default, low in (("batches", 2, 1), ("batch_size", train_config.batch_size, 1), ("seed", 0, 0)):
         value = evaluation.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"ablation: 'eval.{key}' must be an integer >= {low}, got {value!r}")
+        check_int("ablation", f"eval.{key}", value, low)
         numbers[key] = value
 
     specs: list[RunSpec] = []
@@ -259,6 +259,11 @@ def run_one(
     tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
     tmp.replace(result_path)
     return result
+
+
+def metrics_paths(out_dir: str | Path, results: list[dict[str, Any]]) -> list[Path]:
+    """The ``metrics.jsonl`` of each run of :func:`run_ablation`'s ``results`` in ``out_dir``."""
+    return [Path(out_dir) / "runs" / r["name"] / METRICS_NAME for r in results]
 
 
 def run_ablation(

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from titans.ablation import load_spec, run_ablation
+from titans.ablation import load_spec, metrics_paths, run_ablation
 from titans.checkpoint import load_pretrained
 from titans.config import TitansConfig
 from titans.demo import DemoSettings, run_demo
@@ -275,7 +275,7 @@ def _ablate(args: argparse.Namespace) -> int:
         return 130
     table = markdown_table(results)
     png = plot_results(results, args.out / "ablation.png",
-                       metrics=[args.out / "runs" / r["name"] / "metrics.jsonl" for r in results],
+                       metrics=metrics_paths(args.out, results),
                        train_len=spec.train.seq_len, title=f"titans ablate: {args.spec.name} ({spec.task.name})")
     (args.out / "report.md").write_text(f"# Ablation {args.spec.name}: task {spec.task.name}\n\n{table}")
     print(table, end="")

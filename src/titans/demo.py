@@ -33,12 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from titans.ablation import AblationSpec, RunSpec, run_ablation
+from titans.ablation import AblationSpec, RunSpec, metrics_paths, run_ablation
 from titans.config import TitansConfig
 from titans.model import count_parameters
 from titans.report import accuracy_at, markdown_table, plot_results
 from titans.tasks import MQAR
-from titans.train import METRICS_NAME, TrainConfig
+from titans.tasks.base import check_int
+from titans.train import TrainConfig
 
 __all__ = ["CLEAR_MARGIN", "DemoSettings", "demo_spec", "run_demo"]
 
@@ -70,8 +71,7 @@ class DemoSettings:
         return cls(steps=200, lengths=(128, 1024), eval_batches=2)
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"DemoSettings.steps: must be an integer >= 1, got {self.steps!r}")
+        check_int("DemoSettings", "steps", self.steps, 1)
         if not self.lengths or any(not isinstance(n, int) or n < 4 * self.num_pairs for n in self.lengths):
             raise ValueError(
                 f"DemoSettings.lengths: must be integers >= 4 * num_pairs = {4 * self.num_pairs}, got {self.lengths!r}"
@@ -178,7 +178,7 @@ def run_demo(
     began = time.perf_counter()
     results = run_ablation(spec, out, progress=progress)
     png = plot_results(
-        results, out / "demo.png", metrics=[out / "runs" / r["name"] / METRICS_NAME for r in results],
+        results, out / "demo.png", metrics=metrics_paths(out, results),
         window=settings.window, train_len=spec.lengths[0], chance=_chance(spec),
         title="titans demo: MQAR recall with every query beyond the attention window",
     )

@@ -78,10 +78,10 @@ class MQAR:
         values = half + torch.rand(batch_size, self.vocab_size - half, generator=generator).argsort(-1)[:, :n]
         context = 2 * n
         space = (seq_len - context) // 2
-        weights = torch.arange(1, space + 1, dtype=torch.float64) ** (self.alpha - 1)
         if self.queries_at_end:  # a random order of the keys in the last n even offsets
             gaps = (space - n) + torch.rand(batch_size, n, generator=generator).argsort(-1)
         else:
+            weights = torch.arange(1, space + 1, dtype=torch.float64) ** (self.alpha - 1)
             gaps = torch.multinomial(weights.expand(batch_size, space), n, replacement=False, generator=generator)
         input_ids = torch.zeros(batch_size, seq_len, dtype=torch.long)
         input_ids[:, 0:context:2] = keys
