@@ -8,7 +8,9 @@ are taken by autograd.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from jaxtyping import Float
 from torch import Tensor
@@ -30,6 +32,9 @@ class Objective:
 @dataclass(frozen=True)
 class SquaredError(Objective):
     """``||pred - target||_2^2`` summed over features, no 1/2 (paper eq. 12)."""
+
+    #: The pure function this objective computes (lets ``memorize`` use its hand-written path).
+    function: ClassVar[Callable[[Tensor, Tensor], Tensor]] = staticmethod(squared_error)
 
     def __call__(
         self, pred: Float[Tensor, "*batch dim_out"], target: Float[Tensor, "*batch dim_out"]

@@ -27,7 +27,8 @@ from torch import Tensor
 
 from memory_blocks.functional.block import factored_block
 from memory_blocks.functional.generic import generic_chunk
-from memory_blocks.functional.losses import squared_error
+from memory_blocks.functional.fused import fused_block
+from memory_blocks.functional.losses import is_squared_error, squared_error
 from memory_blocks.functional.recompute import recompute_block
 from memory_blocks.functional.recurrence import ChunkCoefficients, chunk_coefficients
 from memory_blocks.functional.state import MemoryState
@@ -102,6 +103,14 @@ def memorize(
     create_graph = torch.is_grad_enabled()
     ends_mid_chunk = (state.offset + seq) % chunk_size != 0
 
+    spec = memory.fused_spec() if memory.factored and is_squared_error(objective) else None
+
+    def reference(
+        qq: Tensor, kk: Tensor, vv: Tensor, cc: ChunkCoefficients, ww: dict[str, Tensor], mm: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        y, w, m, _ = factored_block(memory, objective, lr_keys, chunk_size, ww, ww, mm, qq, kk, vv, cc, True, False)
+        return y, w, m
+
     weights, mom = dict(state.weights), dict(state.momentum)
     anchor = state.chunk_weights if state.chunk_weights is not None else weights
     ys: list[Tensor] = []
@@ -117,11 +126,17 @@ def memorize(
             memory, objective, lr_keys, chunk_size, anchor, weights, mom, qi, ki, vi, coef,
             create_graph, ends_mid_chunk and i == len(segments) - 1,
         )
-        if create_graph and not args[-1]:
+        keep = not checkpoint or (keep_every > 0 and i % keep_every == 0)
+        if spec is not None and anchor is weights and not args[-1]:
+            # MLP-family memory, squared error, a block from one chunk boundary to another:
+            # the hand-written block (one autograd node).
+            y, weights, mom = fused_block(
+                spec, lr_keys, chunk_size, weights, mom, qi, ki, vi, coef, keep=keep, reference=reference
+            )
+        elif create_graph and not args[-1]:
             # Every block that ends at a chunk boundary goes through recompute_block: recomputed
             # in the backward pass, or (without checkpointing, and one in keep_every with it)
             # recorded now and kept; either way its weight gradients are summed on a tape.
-            keep = not checkpoint or (keep_every > 0 and i % keep_every == 0)
             y, weights, mom = recompute_block(step, *args[:-2], keep=keep)
         else:
             y, weights, mom, last_anchor = step(*args)

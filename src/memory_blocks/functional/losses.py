@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["squared_error", "huber", "lp_error", "dot_product"]
+__all__ = ["squared_error", "huber", "lp_error", "dot_product", "is_squared_error"]
 
 
 def squared_error(
@@ -18,6 +18,12 @@ def squared_error(
 ) -> Float[Tensor, "*batch"]:
     """``||pred - target||_2^2``, summed over features, no 1/2 (paper eq. 12)."""
     return (pred - target).pow(2).sum(-1)
+
+
+def is_squared_error(objective: object) -> bool:
+    """Whether ``objective`` is the squared error (the function, or an objective object whose
+    ``function`` attribute is it): the hand-written fast path knows its derivatives."""
+    return objective is squared_error or getattr(objective, "function", None) is squared_error
 
 
 def huber(

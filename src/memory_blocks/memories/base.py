@@ -9,6 +9,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from memory_blocks.functional.fast_ops import DirectOps
+from memory_blocks.functional.fused import FusedSpec
 from memory_blocks.functional.state import MemoryState
 
 __all__ = ["MemoryModel"]
@@ -43,6 +44,11 @@ class MemoryModel(nn.Module):
     def forward_ops(self, ops: Any, x: Tensor) -> Tensor:
         """``f(W; x)`` written against ``ops`` (see :mod:`memory_blocks.functional.fast_ops`)."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward_ops")
+
+    def fused_spec(self) -> FusedSpec | None:
+        """What the hand-written fast path (:mod:`memory_blocks.functional.fused`) needs to
+        compute this model, or ``None`` when it cannot (the general factored path is used)."""
+        return None
 
     def forward_with(
         self, weights: dict[str, Tensor], x: Float[Tensor, "batch heads seq dim_in"]

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from memory_blocks.functional.fused import FusedSpec
 from memory_blocks.memories.base import MemoryModel
 
 __all__ = ["LinearMemory"]
@@ -41,6 +42,11 @@ class LinearMemory(MemoryModel):
     def forward_ops(self, ops: Any, x: Tensor) -> Tensor:
         y = ops.linear("weight", x)
         return y + ops.vector("bias") if self.bias is not None else y
+
+    def fused_spec(self) -> FusedSpec | None:
+        if self.bias is not None or type(self).forward_ops is not LinearMemory.forward_ops:
+            return None
+        return FusedSpec(("weight",), "identity", None)
 
     def extra_repr(self) -> str:
         return f"dim_in={self.dim_in}, dim_out={self.dim_out}, bias={self.bias is not None}"

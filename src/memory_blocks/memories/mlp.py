@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from memory_blocks.functional.fused import ACTIVATIONS, FusedSpec
 from memory_blocks.memories.activations import get_activation
 from memory_blocks.memories.base import MemoryModel
 
@@ -75,6 +76,12 @@ class MLPMemory(MemoryModel):
                 h = self.activation(h)
             h = ops.linear(f"w{i + 1}", h)
         return residual_norm(ops, x, h) if self.residual_norm else h
+
+    def fused_spec(self) -> FusedSpec | None:
+        if type(self).forward_ops is not MLPMemory.forward_ops or self.activation_name not in ACTIVATIONS:
+            return None  # a subclass that changes the forward is not what the fused path computes
+        names = tuple(f"w{i + 1}" for i in range(self.depth))
+        return FusedSpec(names, self.activation_name, "norm_weight" if self.residual_norm else None)
 
     def extra_repr(self) -> str:
         return (

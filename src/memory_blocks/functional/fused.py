@@ -1,0 +1,861 @@
+"""One block of chunks for an MLP-family memory with squared error, written out by hand.
+
+The general fast path (:mod:`memory_blocks.functional.block`) lets autograd take each token's
+inner gradient (``create_graph=True``) and then differentiates that graph again in the backward
+pass: correct for any factored memory and objective, but a graph of about a thousand small
+operations per chunk, most of them saved for the backward pass. For the memories most people
+run (:class:`~memory_blocks.memories.MLPMemory` of any depth, with or without the residual
+LayerNorm, and the bias-free :class:`~memory_blocks.memories.LinearMemory`) with the paper's
+squared error (eq. 12) this module computes the same block with explicit formulas:
+
+- forward: per chunk, the memory's forward at the chunk's gradient point and its backward
+  (the inner gradient, eq. 12) written out, their factors stored in preallocated buffers; the
+  block's retrievals in the dual form; the block-end weights and momentum (eqs. 13-14);
+- backward: the reverse of all of it, chunk by chunk from the last, with the second
+  derivatives of the inner gradient written out (activation, LayerNorm, squared error), every
+  full-size weight gradient formed as one product of stacked row factors.
+
+Nothing of the block is recorded by autograd: it is one node whose backward is this code.
+It keeps the factors and the pre-activations (about 25 KB per token and batch row at dim 256
+with a 4x hidden layer) unless ``keep`` is false, in which case the backward pass runs the
+forward again first. A backward pass that is itself recorded (``create_graph=True``, e.g.
+second derivatives of the outer loss) goes through the general path instead, on the same
+inputs, so that its result stays differentiable.
+
+Notation (per batch row and head, flattened to a leading ``N``): a block of ``M`` tokens in
+chunks, start weights ``W`` and momentum ``S`` per matrix, per-token gradient factors
+``delta_i x_i^T``; the weights after token ``t`` are
+``beta_t W + gamma_t S - sum_{i<=t} A_ti delta_i x_i^T`` (:mod:`memory_blocks.functional.recurrence`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from memory_blocks.functional.recurrence import ChunkCoefficients
+
+__all__ = ["FusedSpec", "fused_block"]
+
+_LN_EPS = 1e-5  # F.layer_norm's default, which the memories' forward uses
+
+
+@dataclass(frozen=True)
+class FusedSpec:
+    """What the hand-written block needs to know of a memory model.
+
+    ``f(x) = x + LN(W_L s(... s(W_1 x))) * g`` with ``gain`` naming ``g``, or
+    ``W_L s(... s(W_1 x))`` without it (``gain`` ``None``).
+
+    Attributes:
+        matrices: the fast-weight matrix names, first layer first.
+        activation: ``"gelu"``, ``"silu"``, ``"relu"``, ``"tanh"`` or ``"identity"``.
+        gain: the LayerNorm gain's name in the residual form, else ``None``.
+    """
+
+    matrices: tuple[str, ...]
+    activation: str
+    gain: str | None
+
+
+class _Activation:
+    """An activation with its first derivative applied to a gradient (one fused kernel where
+    torch has one) and its second derivative (``None`` where it is zero)."""
+
+    def __init__(
+        self,
+        forward: Callable[[Tensor], Tensor],
+        backward: Callable[[Tensor, Tensor], Tensor],
+        second: Callable[[Tensor], Tensor] | None,
+    ) -> None:
+        self.forward, self.backward, self.second = forward, backward, second
+
+
+def _gelu_second(x: Tensor) -> Tensor:
+    # gelu(x) = x Phi(x): gelu'' = phi(x) (2 - x^2)
+    xx = x * x
+    return torch.exp(-0.5 * xx).mul_(1 / math.sqrt(2 * math.pi)).mul_(2 - xx)
+
+
+def _silu_second(x: Tensor) -> Tensor:
+    # silu(x) = x s(x): silu'' = s (1 - s) (2 + x (1 - 2 s))
+    sg = torch.sigmoid(x)
+    return sg * (1 - sg) * (2 + x * (1 - 2 * sg))
+
+
+def _tanh_second(x: Tensor) -> Tensor:
+    t = torch.tanh(x)
+    return -2 * t * (1 - t * t)
+
+
+#: name -> the activation and its derivatives.
+ACTIVATIONS: dict[str, _Activation] = {
+    "gelu": _Activation(
+        torch.nn.functional.gelu, lambda g, x: torch.ops.aten.gelu_backward(g, x), _gelu_second
+    ),
+    "silu": _Activation(
+        torch.nn.functional.silu, lambda g, x: torch.ops.aten.silu_backward(g, x), _silu_second
+    ),
+    "relu": _Activation(torch.relu, lambda g, x: torch.where(x > 0, g, torch.zeros_like(g)), None),
+    "tanh": _Activation(torch.tanh, lambda g, x: g * (1 - torch.tanh(x).square()), _tanh_second),
+    "identity": _Activation(lambda x: x, lambda g, x: g, None),
+}
+
+
+def _flat(t: Tensor | None, keep: int) -> Tensor | None:
+    """``(batch, heads, *rest)`` -> ``(batch * heads, *rest)`` (``keep`` = len(rest))."""
+    if t is None:
+        return None
+    return t.reshape(-1, *t.shape[t.ndim - keep :])
+
+
+def _col(c: Tensor | None) -> Tensor | None:
+    """``(N,)`` or ``(N, rows)`` -> broadcastable over ``(N, rows, features)``."""
+    if c is None:
+        return None
+    return c.reshape(c.shape[0], -1, 1)
+
+
+def _layer_norm(z: Tensor) -> tuple[Tensor, Tensor]:
+    mu = z.mean(-1, keepdim=True)
+    c = z - mu
+    rstd = torch.rsqrt(c.square().mean(-1, keepdim=True) + _LN_EPS)
+    return c * rstd, rstd
+
+
+def _project(u: Tensor, n: Tensor) -> Tensor:
+    """``u - mean(u) - n mean(u n)``: the LayerNorm Jacobian (up to ``rstd``), symmetric."""
+    return u - u.mean(-1, keepdim=True) - n * (u * n).mean(-1, keepdim=True)
+
+
+class _Point:
+    """The weights at one place of the block, in closed form (see the module notes).
+
+    ``b``, ``c``: ``(N, rows, 1)`` or ``None`` (1 and 0); ``a``: ``(N, rows, s)`` mixing the
+    first ``s`` tokens' factors, or ``None`` when ``s == 0``.
+    """
+
+    __slots__ = ("b", "c", "a", "s")
+
+    def __init__(self, b: Tensor | None, c: Tensor | None, a: Tensor | None, s: int) -> None:
+        self.b, self.c, self.a, self.s = b, c, a, s
+
+
+class _Grads:
+    """Accumulators of the backward pass."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[tuple[Tensor, Tensor]]] = {}  # weight -> (left, right) row factors
+        self.mom_rows: dict[str, list[tuple[Tensor, Tensor]]] = {}
+
+    def add(self, store: dict[str, list[tuple[Tensor, Tensor]]], name: str, left: Tensor, right: Tensor) -> None:
+        store.setdefault(name, []).append((left, right))
+
+
+def _scaled(x: Tensor, s: Tensor | None) -> Tensor:
+    return x if s is None else x * s
+
+
+class _Block:
+    """The hand-written block: forward (:meth:`run`) and backward (:meth:`backward`)."""
+
+    def __init__(
+        self,
+        spec: FusedSpec,
+        lr_keys: dict[str, str],
+        chunk: int,
+        has_momentum: bool,
+        has_decay: bool,
+    ) -> None:
+        self.spec, self.lr_keys, self.chunk = spec, lr_keys, chunk
+        self.has_momentum, self.has_decay = has_momentum, has_decay
+        self.act = ACTIVATIONS[spec.activation]
+
+    # ----------------------------------------------------------------------------- reads
+    @staticmethod
+    def _read(x: Tensor, w: Tensor, s: Tensor | None, p: _Point, xs: Tensor, ds: Tensor) -> Tensor:
+        """``x P^T`` for the weights ``P`` at point ``p`` (``xs``, ``ds``: factor rows)."""
+        z = _scaled(x, p.b) @ w.mT
+        if s is not None and p.c is not None:
+            z = torch.baddbmm(z, x * p.c, s.mT)
+        if p.a is not None:
+            z = torch.baddbmm(z, (x @ xs[:, : p.s].mT) * p.a, ds[:, : p.s], alpha=-1)
+        return z
+
+    @staticmethod
+    def _read_t(d: Tensor, w: Tensor, s: Tensor | None, p: _Point, xs: Tensor, ds: Tensor) -> Tensor:
+        """``d P``: the transposed read (the inner backward through a layer)."""
+        y = _scaled(d, p.b) @ w
+        if s is not None and p.c is not None:
+            y = torch.baddbmm(y, d * p.c, s)
+        if p.a is not None:
+            y = torch.baddbmm(y, (d @ ds[:, : p.s].mT) * p.a, xs[:, : p.s], alpha=-1)
+        return y
+
+    def _read_back(
+        self,
+        g: Tensor,
+        x: Tensor,
+        name: str,
+        w: Tensor,
+        s: Tensor | None,
+        p: _Point,
+        xs: Tensor,
+        ds: Tensor,
+        acc: dict[str, Any],
+        transposed: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """Backward of ``z = read(x)`` (or of ``z = read_t(x)`` when ``transposed``).
+
+        Records the weight gradients as row factors in ``acc`` and adds the factor-row
+        gradients into ``acc["gx"]``/``acc["gd"]``; returns ``(grad of x, grad of b, grad of c,
+        grad of a)`` (``b``/``c`` gradients summed over features, per row of ``p``)."""
+        # Through W (and S): z = b (x W^T) [non-transposed] or z = b (x W) [transposed].
+        gw = g @ w if not transposed else g @ w.mT
+        gx = _scaled(gw, p.b)
+        gb = (gw * x).sum(-1, keepdim=True) if p.b is not None else None
+        left, right = (g, x) if not transposed else (x, g)
+        acc["rows"].setdefault(name, []).append((_scaled(left, p.b), right))
+        gc = None
+        if s is not None and p.c is not None:
+            gs = g @ s if not transposed else g @ s.mT
+            gx = torch.addcmul(gx, gs, p.c)
+            gc = (gs * x).sum(-1, keepdim=True)
+            acc["mom_rows"].setdefault(name, []).append((left * p.c, right))
+        ga = None
+        if p.a is not None:
+            xs_, ds_ = xs[:, : p.s], ds[:, : p.s]
+            if not transposed:
+                # z -= ((x xs^T) * a) ds
+                r = x @ xs_.mT
+                e = g @ ds_.mT
+                ga = -(e * r)
+                gr = -(e * p.a)
+                gx = torch.baddbmm(gx, gr, xs_)
+                acc["gx"][name][:, : p.s] += gr.mT @ x
+                acc["gd"][name][:, : p.s] -= (r * p.a).mT @ g
+            else:
+                # z -= ((x ds^T) * a) xs
+                r = x @ ds_.mT
+                e = g @ xs_.mT
+                ga = -(e * r)
+                gr = -(e * p.a)
+                gx = torch.baddbmm(gx, gr, ds_)
+                acc["gd"][name][:, : p.s] += gr.mT @ x
+                acc["gx"][name][:, : p.s] -= (r * p.a).mT @ g
+        return gx, gb, gc, ga
+
+    # --------------------------------------------------------------------------- forward
+    def run(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        beta: Tensor | None,
+        gamma: Tensor | None,
+        mix: dict[str, Tensor],
+        weights: dict[str, Tensor],
+        momentum: dict[str, Tensor],
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The block's retrievals and everything the backward pass needs (flat tensors)."""
+        spec = self.spec
+        names, L = spec.matrices, len(spec.matrices)
+        n_rows, m = k.shape[0], k.shape[1]
+        mats = {nm: weights[nm] for nm in names}
+        moms = {nm: momentum[nm] for nm in names} if self.has_momentum else {nm: None for nm in names}
+        # Factor buffers: x rows (layer inputs) and delta rows (output gradients) per matrix.
+        xs = {names[0]: k}
+        for i in range(1, L):
+            xs[names[i]] = k.new_empty(n_rows, m, mats[names[i]].shape[-1])
+        ds = {nm: k.new_empty(n_rows, m, mats[nm].shape[-2]) for nm in names}
+        saved: dict[str, Any] = {"xs": xs, "ds": ds}
+        pre = [k.new_empty(n_rows, m, mats[names[i]].shape[-2]) for i in range(L - 1)]  # key-path z_l
+        da = [k.new_empty(n_rows, m, mats[names[i + 1]].shape[-1]) for i in range(L - 1)]  # read_t results
+        saved["pre"], saved["da"] = pre, da
+        gain = spec.gain
+        if gain is not None:
+            dg = k.new_empty(n_rows, m, k.shape[-1])
+            norm = k.new_empty(n_rows, m, k.shape[-1])
+            rstd = k.new_empty(n_rows, m, 1)
+            saved["dg"], saved["norm"], saved["rstd"] = dg, norm, rstd
+        gains_at: list[Tensor] = []
+        for s0 in range(0, m, self.chunk):
+            e0 = min(s0 + self.chunk, m)
+            p = self._point(beta, gamma, mix, s0)
+            kk, vv = k[:, s0:e0], v[:, s0:e0]
+            h = kk
+            for i, nm in enumerate(names):
+                if i > 0:
+                    xs[nm][:, s0:e0] = h
+                z = self._read(h, mats[nm], moms[nm], p[nm], xs[nm], ds[nm])
+                if i < L - 1:
+                    pre[i][:, s0:e0] = z
+                    h = self.act.forward(z)
+                else:
+                    h = z
+            if gain is not None:
+                nrm, rs = _layer_norm(h)
+                gp = self._gain_at(weights[gain], momentum.get(gain) if self.has_momentum else None,
+                                   p[gain], dg)
+                gains_at.append(gp)
+                err = 2 * (kk + nrm * gp - vv)
+                dg[:, s0:e0] = err * nrm
+                delta = rs * _project(err * gp, nrm)
+                norm[:, s0:e0], rstd[:, s0:e0] = nrm, rs
+            else:
+                delta = 2 * (h - vv)
+            for i in range(L - 1, -1, -1):
+                nm = names[i]
+                ds[nm][:, s0:e0] = delta
+                if i > 0:
+                    back = self._read_t(delta, mats[nm], moms[nm], p[nm], xs[nm], ds[nm])
+                    da[i - 1][:, s0:e0] = back
+                    delta = self.act.backward(back, pre[i - 1][:, s0:e0])
+        saved["gains_at"] = gains_at
+        # Retrieval of the whole block in the dual form.
+        full = self._full(beta, gamma, mix)
+        h = q
+        ret_pre: list[Tensor] = []
+        for i, nm in enumerate(names):
+            z = self._read(h, mats[nm], moms[nm], full[nm], xs[nm], ds[nm])
+            if i < L - 1:
+                ret_pre.append(z)
+                h = self.act.forward(z)
+            else:
+                h = z
+        saved["ret_pre"] = ret_pre
+        if gain is not None:
+            nrm, rs = _layer_norm(h)
+            g_t = self._gain_at(weights[gain], momentum.get(gain) if self.has_momentum else None,
+                                full[gain], saved["dg"])
+            saved["ret_norm"], saved["ret_rstd"] = nrm, rs
+            y = q + nrm * g_t
+        else:
+            y = h
+        return y, saved
+
+    def _point(
+        self, beta: Tensor | None, gamma: Tensor | None, mix: dict[str, Tensor], s0: int
+    ) -> dict[str, _Point]:
+        """The gradient point of the chunk starting at token ``s0``: the weights after token
+        ``s0 - 1`` (the block's start weights for the first chunk)."""
+        out = {}
+        for nm in mix:
+            if s0 == 0:
+                out[nm] = _Point(None, None, None, 0)
+                continue
+            b = None if beta is None else beta[:, s0 - 1 : s0, None]
+            c = None if gamma is None else gamma[:, s0 - 1 : s0, None]
+            out[nm] = _Point(b, c, mix[nm][:, s0 - 1 : s0, :s0], s0)
+        return out
+
+    def _full(self, beta: Tensor | None, gamma: Tensor | None, mix: dict[str, Tensor]) -> dict[str, _Point]:
+        """Every token's own weights (after its write): the retrieval's points."""
+        b = None if beta is None else beta[..., None]
+        c = None if gamma is None else gamma[..., None]
+        return {nm: _Point(b, c, a, a.shape[-1]) for nm, a in mix.items()}
+
+    @staticmethod
+    def _gain_at(g: Tensor, sg: Tensor | None, p: _Point, dg: Tensor) -> Tensor:
+        """The LayerNorm gain at point ``p``: ``(N, rows, dim)``."""
+        out = g.unsqueeze(1) if p.b is None else p.b * g.unsqueeze(1)
+        if sg is not None and p.c is not None:
+            out = out + p.c * sg.unsqueeze(1)
+        if p.a is not None:
+            out = out - p.a @ dg[:, : p.s]
+        return out
+
+    def ends(self, parts: dict[str, Any], saved: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The weights and momentum after the block's last token (eqs. 13-14 in closed form)."""
+        beta, gamma, mix = parts["beta"], parts["gamma"], parts["mix"]
+        weights, momentum = parts["weights"], parts["momentum"]
+        decay, mmix = parts["decay"], parts["mmix"]
+        xs, ds = saved["xs"], saved["ds"]
+        new_w: dict[str, Tensor] = {}
+        new_m: dict[str, Tensor] = {}
+        for nm in weights:
+            w = weights[nm]
+            s = momentum.get(nm) if self.has_momentum else None
+            out = w * _bcast(beta[:, -1], w) if beta is not None else w.clone(memory_format=torch.contiguous_format)
+            if s is not None:
+                out = torch.addcmul(out, s, _bcast(gamma[:, -1], s))
+            a = mix[nm][:, -1]  # (N, M)
+            if nm == self.spec.gain:
+                new_w[nm] = out - (a.unsqueeze(1) @ saved["dg"]).squeeze(1)
+                if s is not None:
+                    new_m[nm] = s * _bcast(decay, s) - (mmix[nm].unsqueeze(1) @ saved["dg"]).squeeze(1)
+                continue
+            new_w[nm] = out.baddbmm_(ds[nm].mT, a.unsqueeze(-1) * xs[nm], alpha=-1)  # out is a new tensor
+            if s is not None:
+                new_m[nm] = (s * _bcast(decay, s)).baddbmm_(ds[nm].mT, mmix[nm].unsqueeze(-1) * xs[nm], alpha=-1)
+        return new_w, new_m
+
+    # --------------------------------------------------------------------------- backward
+    def backward(
+        self,
+        inputs: dict[str, Any],
+        saved: dict[str, Any],
+        g_y: Tensor | None,
+        g_w: dict[str, Tensor | None],
+        g_s: dict[str, Tensor | None],
+        last: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Gradients of every input of the block (flat tensors; ``None`` where there is none)."""
+        spec = self.spec
+        names, L = spec.matrices, len(spec.matrices)
+        gain = spec.gain
+        q, k, v = inputs["q"], inputs["k"], inputs["v"]
+        beta, gamma, mix = inputs["beta"], inputs["gamma"], inputs["mix"]
+        weights, momentum = inputs["weights"], inputs["momentum"]
+        n_rows, m = k.shape[0], k.shape[1]
+        mats = {nm: weights[nm] for nm in names}
+        moms = {nm: momentum[nm] for nm in names} if self.has_momentum else {nm: None for nm in names}
+        xs, ds = saved["xs"], saved["ds"]
+        acc: dict[str, Any] = {
+            "rows": {},
+            "mom_rows": {},
+            "gx": {nm: torch.zeros_like(xs[nm]) for nm in names},
+            "gd": {nm: torch.zeros_like(ds[nm]) for nm in names},
+        }
+        g_beta = None if beta is None else torch.zeros_like(beta)
+        g_gamma = None if gamma is None else torch.zeros_like(gamma)
+        g_mix = {nm: torch.zeros_like(a) for nm, a in mix.items()}
+        g_vec: dict[str, Tensor] = {}
+        g_vec_mom: dict[str, Tensor] = {}
+        g_dg = torch.zeros_like(saved["dg"]) if gain is not None else None
+        g_q = torch.zeros_like(q) if g_y is not None else None
+        g_k = torch.zeros_like(k)
+        g_v = torch.zeros_like(v)
+
+        # --- block-end weights and momentum: W' = bL W + cL S - sum_i a_i d_i x_i^T, S' = E S - ...
+        base_w: dict[str, Tensor | None] = {}
+        base_s: dict[str, Tensor | None] = {}
+        b_last = None if beta is None else beta[:, -1]
+        c_last = None if gamma is None else gamma[:, -1]
+        decay, mmix = last["decay"], last["mmix"]
+        g_decay = None if decay is None else torch.zeros_like(decay)
+        g_mmix = {nm: torch.zeros_like(c) for nm, c in mmix.items()}
+        every = list(names) + ([gain] if gain is not None else [])
+        for nm in every:
+            gw, gs = g_w.get(nm), g_s.get(nm)
+            w, s = weights[nm], momentum.get(nm) if self.has_momentum else None
+            bw = bs = None
+            if gw is not None:
+                bw = gw.clone(memory_format=torch.contiguous_format) if b_last is None else gw * _bcast(b_last, gw)
+                if b_last is not None:
+                    g_beta[:, -1] += _dot(gw, w)
+                if s is not None and c_last is not None:
+                    bs = gw * _bcast(c_last, gw)
+                    g_gamma[:, -1] += _dot(gw, s)
+            if gs is not None and s is not None:
+                part = gs * _bcast(decay, gs)
+                bs = part if bs is None else bs + part
+                g_decay += _dot(gs, s)
+            base_w[nm], base_s[nm] = bw, bs
+            a_row = mix[nm][:, -1]  # (N, M)
+            pairs = []
+            if gw is not None:
+                pairs.append((gw, a_row, g_mix[nm][:, -1]))
+            if gs is not None and s is not None:
+                pairs.append((gs, mmix[nm], g_mmix[nm]))
+            for gm, coef, gcoef in pairs:
+                if nm == gain:
+                    # vector: out -= sum_i coef_i dg_i
+                    g_dg -= coef[..., None] * gm[:, None, :]
+                    gcoef -= (saved["dg"] * gm[:, None, :]).sum(-1)
+                else:
+                    px = xs[nm] @ gm.mT  # (N, M, out)
+                    acc["gd"][nm] -= coef[..., None] * px
+                    gcoef -= (px * ds[nm]).sum(-1)
+                    acc["gx"][nm] -= coef[..., None] * (ds[nm] @ gm)
+
+        # --- retrieval
+        full = self._full(beta, gamma, mix)
+        if g_y is not None:
+            g_h = g_y
+            if gain is not None:
+                nrm, rs = saved["ret_norm"], saved["ret_rstd"]
+                g_t = self._gain_at(weights[gain], momentum.get(gain) if self.has_momentum else None,
+                                    full[gain], saved["dg"])
+                g_q += g_y
+                g_gt = g_y * nrm  # (N, M, D)
+                g_n = g_y * g_t
+                g_h = rs * _project(g_n, nrm)
+                self._gain_back(g_gt, weights[gain], momentum.get(gain) if self.has_momentum else None,
+                                full[gain], saved["dg"], g_dg, g_beta, g_gamma, g_mix[gain], g_vec, g_vec_mom,
+                                gain, per_row=True)
+            ret_in = [q] + [self.act.forward(z) for z in saved["ret_pre"]]
+            for i in range(L - 1, -1, -1):
+                nm = names[i]
+                gx, gb, gc, ga = self._read_back(g_h, ret_in[i], nm, mats[nm], moms[nm], full[nm], xs[nm], ds[nm],
+                                                 acc, transposed=False)
+                if gb is not None:
+                    g_beta += gb[..., 0]
+                if gc is not None:
+                    g_gamma += gc[..., 0]
+                if ga is not None:
+                    g_mix[nm] += ga
+                if i > 0:
+                    g_h = self.act.backward(gx, saved["ret_pre"][i - 1])
+                else:
+                    g_q += gx
+
+        # --- key paths, last chunk first
+        starts = list(range(0, m, self.chunk))
+        for j in range(len(starts) - 1, -1, -1):
+            s0 = starts[j]
+            e0 = min(s0 + self.chunk, m)
+            p = self._point(beta, gamma, mix, s0)
+            sl = slice(s0, e0)
+            # gradients arriving at this chunk's factors
+            g_delta = {nm: acc["gd"][nm][:, sl] for nm in names}
+            g_xin = {nm: acc["gx"][nm][:, sl] for nm in names}
+            pres = [saved["pre"][i][:, sl] for i in range(L - 1)]
+            # inner backward: delta_{i-1} = read_t_i(delta_i) * s'(z_{i-1}), i = L-1 .. 1
+            g_z: list[Tensor | None] = [None] * L  # gradients of the key path's pre-activations
+            gd_running = g_delta[names[0]]
+            for i in range(1, L):
+                nm = names[i]
+                # delta_{i-1} (gradient gd_running) = back * s'(z_{i-1})
+                back = saved["da"][i - 1][:, sl]
+                g_back = self.act.backward(gd_running, pres[i - 1])
+                if self.act.second is not None:
+                    g_z[i - 1] = gd_running * back * self.act.second(pres[i - 1])
+                gx, gb, gc, ga = self._read_back(
+                    g_back, ds[nm][:, sl], nm, mats[nm], moms[nm], p[nm], xs[nm], ds[nm], acc, transposed=True
+                )
+                self._point_grads(p[nm], s0, gb, gc, ga, g_beta, g_gamma, g_mix[nm])
+                gd_running = g_delta[nm] + gx
+            # head: delta_L from the error
+            kk, vv = k[:, sl], v[:, sl]
+            last_nm = names[-1]
+            if gain is not None:
+                nrm = saved["norm"][:, sl]
+                rs = saved["rstd"][:, sl]
+                gp = saved["gains_at"][j]
+                err = 2 * (kk + nrm * gp - vv)
+                dn = err * gp
+                g_dgv = g_dg[:, sl]
+                g_dn = rs * _project(gd_running, nrm)
+                delta = ds[last_nm][:, sl]
+                g_n = -rs * (gd_running * (dn * nrm).mean(-1, keepdim=True)
+                             + dn * (gd_running * nrm).mean(-1, keepdim=True))
+                g_rs = (gd_running * delta).sum(-1, keepdim=True) / rs
+                g_err = g_dn * gp + g_dgv * nrm
+                g_n = g_n + g_dgv * err + 2 * g_err * gp
+                g_gp = (g_dn * err + 2 * g_err * nrm).sum(1, keepdim=True)
+                g_k[:, sl] += 2 * g_err
+                g_v[:, sl] -= 2 * g_err
+                d = nrm.shape[-1]
+                g_zl = rs * _project(g_n, nrm) - g_rs * rs * rs * nrm / d
+                self._gain_back(g_gp, weights[gain], momentum.get(gain) if self.has_momentum else None,
+                                p[gain], saved["dg"], g_dg, g_beta, g_gamma, g_mix[gain], g_vec, g_vec_mom,
+                                gain, per_row=False, s0=s0)
+            else:
+                g_zl = 2 * gd_running
+                g_v[:, sl] -= 2 * gd_running
+            # forward reads, last layer first
+            g_cur = g_zl
+            for i in range(L - 1, -1, -1):
+                nm = names[i]
+                x_in = xs[nm][:, sl]
+                gx, gb, gc, ga = self._read_back(g_cur, x_in, nm, mats[nm], moms[nm], p[nm], xs[nm], ds[nm],
+                                                 acc, transposed=False)
+                self._point_grads(p[nm], s0, gb, gc, ga, g_beta, g_gamma, g_mix[nm])
+                gx = gx + g_xin[nm]
+                if i > 0:
+                    g_cur = self.act.backward(gx, pres[i - 1])
+                    if g_z[i - 1] is not None:
+                        g_cur = g_cur + g_z[i - 1]
+                else:
+                    g_k[:, sl] += gx
+
+        # --- full-size weight and momentum gradients, one product each
+        out_w: dict[str, Tensor | None] = {}
+        out_s: dict[str, Tensor | None] = {}
+        for nm in names:
+            out_w[nm] = _sum_rows(base_w[nm], acc["rows"].get(nm), mats[nm])
+            if self.has_momentum:
+                out_s[nm] = _sum_rows(base_s[nm], acc["mom_rows"].get(nm), mats[nm])
+        if gain is not None:
+            gw = g_vec.get(gain)
+            bw = base_w[gain]
+            out_w[gain] = gw if bw is None else (bw if gw is None else bw + gw)
+            if self.has_momentum:
+                gs = g_vec_mom.get(gain)
+                bs = base_s[gain]
+                out_s[gain] = gs if bs is None else (bs if gs is None else bs + gs)
+        return {
+            "q": g_q, "k": g_k, "v": g_v, "beta": g_beta, "gamma": g_gamma, "mix": g_mix,
+            "decay": g_decay, "mmix": g_mmix, "weights": out_w, "momentum": out_s,
+        }
+
+    @staticmethod
+    def _point_grads(
+        p: _Point, s0: int, gb: Tensor | None, gc: Tensor | None, ga: Tensor | None,
+        g_beta: Tensor | None, g_gamma: Tensor | None, g_mix: Tensor,
+    ) -> None:
+        """Adds a chunk point's coefficient gradients (summed over its rows) where they belong."""
+        if s0 == 0:
+            return
+        if gb is not None and g_beta is not None:
+            g_beta[:, s0 - 1] += gb.sum((1, 2))
+        if gc is not None and g_gamma is not None:
+            g_gamma[:, s0 - 1] += gc.sum((1, 2))
+        if ga is not None:
+            g_mix[:, s0 - 1, :s0] += ga.sum(1)
+
+    def _gain_back(
+        self, g_out: Tensor, g: Tensor, sg: Tensor | None, p: _Point, dg: Tensor, g_dg: Tensor,
+        g_beta: Tensor | None, g_gamma: Tensor | None, g_mix: Tensor,
+        g_vec: dict[str, Tensor], g_vec_mom: dict[str, Tensor], name: str, *, per_row: bool, s0: int = 0,
+    ) -> None:
+        """Backward of ``gain_at`` (``g_out``: ``(N, rows, dim)``)."""
+        if p.b is None:
+            gg = g_out.sum(1)
+        else:
+            gg = (g_out * p.b).sum(1)
+            gb = (g_out * g.unsqueeze(1)).sum(-1)  # (N, rows)
+            if per_row:
+                g_beta += gb
+            elif s0 > 0:
+                g_beta[:, s0 - 1] += gb.sum(1)
+        g_vec[name] = gg if name not in g_vec else g_vec[name] + gg
+        if sg is not None and p.c is not None:
+            gs = (g_out * p.c).sum(1)
+            g_vec_mom[name] = gs if name not in g_vec_mom else g_vec_mom[name] + gs
+            gc = (g_out * sg.unsqueeze(1)).sum(-1)
+            if per_row:
+                g_gamma += gc
+            elif s0 > 0:
+                g_gamma[:, s0 - 1] += gc.sum(1)
+        if p.a is not None:
+            ga = -(g_out @ dg[:, : p.s].mT)  # (N, rows, s)
+            g_dg[:, : p.s] -= p.a.mT @ g_out
+            if per_row:
+                g_mix += ga
+            else:
+                g_mix[:, s0 - 1, :s0] += ga.sum(1)
+
+
+def _bcast(c: Tensor, like: Tensor) -> Tensor:
+    return c.reshape(c.shape[0], *([1] * (like.ndim - 1)))
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """``sum(a * b)`` per leading index, without a full-size temporary."""
+    # (This einsum form runs a dot-product kernel; vecdot and bmm forms are 2-25 times slower.)
+    return torch.einsum("...n,...n->...", a.flatten(1).unsqueeze(1), b.expand_as(a).flatten(1).unsqueeze(1)).squeeze(1)
+
+
+def _sum_rows(base: Tensor | None, rows: list[tuple[Tensor, Tensor]] | None, like: Tensor) -> Tensor | None:
+    """``base + sum_r left_r^T right_r`` as one product (``None`` when there is nothing)."""
+    if not rows:
+        return base
+    left = torch.cat([lft for lft, _ in rows], dim=1)
+    right = torch.cat([r for _, r in rows], dim=1)
+    if base is None:
+        return left.mT @ right
+    return base.baddbmm_(left.mT, right)  # base is always a new tensor of this pass
+
+
+class _Fused(torch.autograd.Function):
+    """The block as one autograd node (inputs: a flat list of tensors, see :func:`fused_block`)."""
+
+    @staticmethod
+    def forward(ctx: Any, block: _Block, layout: _Layout, keep: bool, reference: Callable[..., tuple[Tensor, ...]],
+                *tensors: Tensor) -> tuple[Tensor, ...]:
+        ctx.block, ctx.layout, ctx.reference = block, layout, reference
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*tensors)
+        parts = layout.unpack(tensors)
+        y, saved = block.run(parts["q"], parts["k"], parts["v"], parts["beta"], parts["gamma"], parts["mix"],
+                             parts["weights"], parts["momentum"])
+        new_w, new_m = block.ends(parts, saved)
+        ctx.saved = saved if keep else None
+        return layout.pack_outputs(y, new_w, new_m)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        tensors = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # A recorded backward: differentiate the general path on the same inputs, so that
+            # the gradients stay connected to the graph that produced those inputs.
+            with torch.enable_grad():
+                outs = ctx.reference(*tensors)
+            pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
+            wanted = [i for i, t in enumerate(tensors) if t.requires_grad]
+            result: list[Tensor | None] = [None] * len(tensors)
+            if pairs and wanted:
+                got = torch.autograd.grad([o for o, _ in pairs], [tensors[i] for i in wanted],
+                                          [g for _, g in pairs], allow_unused=True, create_graph=True)
+                for i, g in zip(wanted, got):
+                    result[i] = g
+            return (None, None, None, None, *result)
+        block, layout = ctx.block, ctx.layout
+        parts = layout.unpack(tensors)
+        saved = ctx.saved
+        if saved is None:
+            _, saved = block.run(parts["q"], parts["k"], parts["v"], parts["beta"], parts["gamma"], parts["mix"],
+                                 parts["weights"], parts["momentum"])
+        ctx.saved = None
+        g_y, g_w, g_s = layout.unpack_output_grads(grads)
+        got = block.backward(parts, saved, g_y, g_w, g_s, {"decay": parts["decay"], "mmix": parts["mmix"]})
+        return (None, None, None, None, *layout.pack_input_grads(got, tensors))
+
+
+class _Layout:
+    """Where each input of the block sits in the flat tensor list, and the shapes to restore."""
+
+    def __init__(self, names: list[str], lr_keys: dict[str, str], coef: ChunkCoefficients,
+                 has_momentum: bool, lead: tuple[int, int]) -> None:
+        self.names, self.lr_keys, self.has_momentum, self.lead = names, lr_keys, has_momentum, lead
+        self.has_beta = coef.beta is not None
+        self.keys = list(coef.mix)
+
+    def pack_inputs(self, q: Tensor, k: Tensor, v: Tensor, coef: ChunkCoefficients,
+                    weights: dict[str, Tensor], momentum: dict[str, Tensor]) -> list[Tensor]:
+        out = [q, k, v]
+        if self.has_beta:
+            out.append(coef.beta)
+        if self.has_momentum:
+            out.append(coef.gamma)
+        out += [coef.mix[key] for key in self.keys]
+        if self.has_momentum:
+            out.append(coef.momentum_decay)
+            out += [coef.momentum_mix[key] for key in self.keys]
+        out += [weights[n] for n in self.names]
+        if self.has_momentum:
+            out += [momentum[n] for n in self.names]
+        return out
+
+    def structured(self, tensors: tuple[Tensor, ...] | list[Tensor]) -> dict[str, Any]:
+        it = iter(tensors)
+        out: dict[str, Any] = {"q": next(it), "k": next(it), "v": next(it)}
+        out["beta"] = next(it) if self.has_beta else None
+        out["gamma"] = next(it) if self.has_momentum else None
+        out["mix"] = {key: next(it) for key in self.keys}
+        out["decay"] = next(it) if self.has_momentum else None
+        out["mmix"] = {key: next(it) for key in self.keys} if self.has_momentum else {}
+        out["weights"] = {n: next(it) for n in self.names}
+        out["momentum"] = {n: next(it) for n in self.names} if self.has_momentum else {}
+        return out
+
+    def unpack(self, tensors: tuple[Tensor, ...]) -> dict[str, Any]:
+        """Flat ``(N, ...)`` views, with the mixing coefficients per fast-weight name."""
+        st = self.structured(tensors)
+        flat: dict[str, Any] = {
+            "q": _flat(st["q"], 2), "k": _flat(st["k"], 2), "v": _flat(st["v"], 2),
+            "beta": _flat(st["beta"], 1), "gamma": _flat(st["gamma"], 1),
+            "mix": {n: _flat(st["mix"][self.lr_keys[n]], 2) for n in self.names},
+            "decay": None if st["decay"] is None else st["decay"].reshape(-1),
+            "mmix": {n: _flat(st["mmix"][self.lr_keys[n]], 1) for n in self.names} if self.has_momentum else {},
+        }
+        flat["weights"] = {n: _flat(w, w.ndim - 2) for n, w in st["weights"].items()}
+        flat["momentum"] = {n: _flat(s, s.ndim - 2) for n, s in st["momentum"].items()}
+        return flat
+
+    def pack_outputs(self, y: Tensor, new_w: dict[str, Tensor], new_m: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        outs = [y.reshape(*self.lead, *y.shape[1:])]
+        outs += [new_w[n].reshape(*self.lead, *new_w[n].shape[1:]) for n in self.names]
+        if self.has_momentum:
+            outs += [new_m[n].reshape(*self.lead, *new_m[n].shape[1:]) for n in self.names]
+        return tuple(outs)
+
+    def unpack_output_grads(self, grads: tuple[Tensor | None, ...]) -> tuple[Tensor | None, dict, dict]:
+        def flat(g: Tensor | None) -> Tensor | None:
+            return None if g is None else g.reshape(-1, *g.shape[2:])
+
+        it = iter(grads)
+        g_y = flat(next(it))
+        g_w = {n: flat(next(it)) for n in self.names}
+        g_s = {n: flat(next(it)) for n in self.names} if self.has_momentum else {}
+        return g_y, g_w, g_s
+
+    def pack_input_grads(self, got: dict[str, Any], tensors: tuple[Tensor, ...]) -> list[Tensor | None]:
+        st = self.structured(tensors)
+
+        def back(g: Tensor | None, like: Tensor | None) -> Tensor | None:
+            if g is None or like is None or not like.requires_grad:
+                return None
+            return g.reshape(like.shape)  # (N, ...) -> (batch, heads, ...); an expanded input sums it
+
+        mix_by_key: dict[str, Tensor] = {}
+        mmix_by_key: dict[str, Tensor] = {}
+        for n in self.names:
+            key = self.lr_keys[n]
+            g = got["mix"][n]
+            mix_by_key[key] = g if key not in mix_by_key else mix_by_key[key] + g
+            if self.has_momentum:
+                g = got["mmix"][n]
+                mmix_by_key[key] = g if key not in mmix_by_key else mmix_by_key[key] + g
+        out = [back(got["q"], st["q"]), back(got["k"], st["k"]), back(got["v"], st["v"])]
+        if self.has_beta:
+            out.append(back(got["beta"], st["beta"]))
+        if self.has_momentum:
+            out.append(back(got["gamma"], st["gamma"]))
+        out += [back(mix_by_key.get(key), st["mix"][key]) for key in self.keys]
+        if self.has_momentum:
+            out.append(back(got["decay"], st["decay"]))
+            out += [back(mmix_by_key.get(key), st["mmix"][key]) for key in self.keys]
+        out += [back(got["weights"][n], st["weights"][n]) for n in self.names]
+        if self.has_momentum:
+            out += [back(got["momentum"][n], st["momentum"][n]) for n in self.names]
+        return out
+
+
+def fused_block(
+    spec: FusedSpec,
+    lr_keys: dict[str, str],
+    chunk: int,
+    weights: dict[str, Tensor],
+    momentum: dict[str, Tensor],
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    coef: ChunkCoefficients,
+    *,
+    keep: bool,
+    reference: Callable[..., tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]],
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """One block that starts and ends at chunk boundaries, computed by hand (see the module notes).
+
+    Args:
+        spec: the memory's :class:`FusedSpec`.
+        lr_keys: fast-weight name -> key of its learning rate in ``coef.mix``.
+        chunk: tokens per chunk.
+        weights, momentum: at the block's start (leading ``(batch, heads)``).
+        q, k, v: ``(batch, heads, M, dim)``.
+        coef: the block's :class:`ChunkCoefficients` over its ``M`` tokens.
+        keep: keep the forward's intermediates for the backward pass (else it runs the forward
+            again first).
+        reference: ``(q, k, v, coef, weights, momentum) -> (y, weights, momentum)`` by the
+            general path: differentiated instead when the backward pass is recorded.
+
+    Returns:
+        The retrievals ``(batch, heads, M, dim)`` and the weights and momentum after the block.
+    """
+    names = list(weights)
+    has_momentum = coef.gamma is not None
+    layout = _Layout(names, lr_keys, coef, has_momentum, (k.shape[0], k.shape[1]))
+    block = _Block(spec, lr_keys, chunk, has_momentum, coef.beta is not None)
+    tensors = layout.pack_inputs(q, k, v, coef, weights, momentum)
+
+    def ref(*ts: Tensor) -> tuple[Tensor, ...]:
+        st = layout.structured(ts)
+        c = ChunkCoefficients(st["beta"], st["gamma"], st["mix"], st["decay"], st["mmix"])
+        y, w, mo = reference(st["q"], st["k"], st["v"], c, st["weights"],
+                             st["momentum"] if has_momentum else momentum)
+        return layout.pack_outputs(y.flatten(0, 1), {n: t.flatten(0, 1) for n, t in w.items()},
+                                   {n: t.flatten(0, 1) for n, t in mo.items()})
+
+    outs = _Fused.apply(block, layout, keep, ref, *tensors)
+    y = outs[0]
+    new_w = dict(zip(names, outs[1 : 1 + len(names)]))
+    new_m = dict(zip(names, outs[1 + len(names) :])) if has_momentum else dict(momentum)
+    return y, new_w, new_m
