@@ -4,6 +4,12 @@ Configuration of the issue: dim 256, one head, 2-layer MLP memory with expansion
 batch 2, float32, 2 threads. Every measurement runs in a fresh process so that its peak
 memory is its own (CPU: the process' peak resident set; CUDA: peak allocated by torch).
 
+The gates start small (learned theta at 1e-4, learned alpha at 1e-4, learned eta at its
+default 0.9): at the layer's default gates this memory diverges on random input at chunk 16
+(NaN, docs/guides/stability.md), and with the default forgetting (alpha 0.01) and a small
+theta its weights decay towards zero, until the backward pass runs on subnormal numbers (six
+times slower per token at 4K). Each measurement checks that outputs and gradients are finite.
+
     python benchmarks/bench_memory.py                  # the table of docs/benchmarks.md
     python benchmarks/bench_memory.py --no-checkpoint --block-chunks 4   # the faster, hungrier setting
     python benchmarks/bench_memory.py --device cuda --lengths 1024,4096,16384,65536
@@ -30,11 +36,14 @@ def _setup(device: str, threads: int) -> None:
 def _layer(args: argparse.Namespace, block_chunks: int | None, checkpoint: bool):
     from memory_blocks import MLPMemory, NeuralMemory
 
+    from memory_blocks import LearnedGate
+
     torch.manual_seed(0)
     knobs = {} if block_chunks is None else {"block_chunks": block_chunks}  # None: the layer's default
     return NeuralMemory(
         args.dim, heads=1, chunk_size=args.chunk,
         memory=MLPMemory(args.dim, depth=2, expansion=4),
+        lr_init=1e-4, decay_gate=LearnedGate(args.dim, 1, init=1e-4),
         checkpoint=checkpoint, **knobs,
     ).to(args.device)
 
@@ -50,18 +59,21 @@ def worker(args: argparse.Namespace) -> dict:
     layer = _layer(args, args.block_chunks, args.checkpoint)
     x = torch.randn(args.batch, args.worker, args.dim, device=args.device)
 
-    def step() -> None:
+    def step() -> bool:
+        layer.zero_grad(set_to_none=True)
         y, _ = layer(x)
         y.square().mean().backward()
+        grads = [p.grad for p in layer.parameters() if p.grad is not None]
+        return bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
 
-    step()  # warm-up
+    finite = step()  # warm-up
     _sync(args.device)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        step()
+        finite = step() and finite
         _sync(args.device)
         times.append(time.perf_counter() - start)
     t = min(times)
@@ -69,7 +81,7 @@ def worker(args: argparse.Namespace) -> dict:
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
-    return {"tokens_per_s": args.batch * args.worker / t, "seconds": t, "peak_mib": peak}
+    return {"tokens_per_s": args.batch * args.worker / t, "seconds": t, "peak_mib": peak, "finite": finite}
 
 
 def baseline_worker(args: argparse.Namespace) -> dict:
@@ -174,13 +186,13 @@ def main() -> None:
     base = run_worker(args, "baseline", 4, False)["peak_mib"] if args.device == "cpu" else 0.0
     if args.device == "cpu":
         print(f"process baseline (torch + layer, nothing run): {base:.0f} MiB")
-    print(f"{'tokens':>8} {'block':>6} {'ckpt':>5} {'tokens/s':>10} {'s/step':>8} {'peak MiB':>9} {'vs 1K':>6}")
+    print(f"{'tokens':>8} {'block':>6} {'ckpt':>5} {'tokens/s':>10} {'s/step':>8} {'peak MiB':>9} {'vs 1K':>6} {'finite':>6}")
     first = None
     for seq in [int(s) for s in args.lengths.split(",")]:
         r = run_worker(args, seq, args.block_chunks, args.checkpoint)
         first = first or r["tokens_per_s"]
         print(f"{seq:>8} {args.block_chunks or 'dflt':>6} {str(args.checkpoint):>5} {r['tokens_per_s']:>10,.0f} "
-              f"{r['seconds']:>8.2f} {r['peak_mib']:>9,.0f} {r['tokens_per_s'] / first:>6.2f}")
+              f"{r['seconds']:>8.2f} {r['peak_mib']:>9,.0f} {r['tokens_per_s'] / first:>6.2f} {str(r['finite']):>6}")
     _setup(args.device, args.threads)
     naive, par = naive_vs_parallel(args, args.naive_length)
     print(f"memorize vs memorize_naive at {args.naive_length} tokens (fwd+bwd): "

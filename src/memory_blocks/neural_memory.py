@@ -141,7 +141,7 @@ class NeuralMemory(nn.Module):
         output_norm: bool = True,
         output_gate: bool = True,
         block_chunks: int = 6,
-        checkpoint: bool = True,
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if dim < 1:

@@ -261,7 +261,7 @@ class _Block:
         mix: dict[str, Tensor],
         weights: dict[str, Tensor],
         momentum: dict[str, Tensor],
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Tensor, dict[str, Any]]:
         """The block's retrievals and everything the backward pass needs (flat tensors)."""
         spec = self.spec
         names, L = spec.matrices, len(spec.matrices)
