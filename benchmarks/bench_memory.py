@@ -11,7 +11,7 @@ theta its weights decay towards zero, until the backward pass runs on subnormal 
 times slower per token at 4K). Each measurement checks that outputs and gradients are finite.
 
     python benchmarks/bench_memory.py                  # the table of docs/benchmarks.md
-    python benchmarks/bench_memory.py --no-checkpoint --block-chunks 4   # the faster, hungrier setting
+    python benchmarks/bench_memory.py --checkpoint     # recompute blocks: less memory, slower
     python benchmarks/bench_memory.py --device cuda --lengths 1024,4096,16384,65536
 """
 
@@ -151,7 +151,7 @@ def run_worker(args: argparse.Namespace, seq: int | str, block_chunks: int | Non
         "--threads", str(args.threads), "--dim", str(args.dim), "--chunk", str(args.chunk),
         "--batch", str(args.batch), "--repeats", str(args.repeats),
     ] + ([] if block_chunks is None else ["--block-chunks", str(block_chunks)]) + (
-        [] if checkpoint else ["--no-checkpoint"]
+        ["--checkpoint"] if checkpoint else []
     )
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ))
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -164,10 +164,10 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--chunk", type=int, default=16)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lengths", default="1024,4096,16384")
     parser.add_argument("--block-chunks", type=int, default=None, help="chunks per block (default: the layer's)")
-    parser.add_argument("--no-checkpoint", dest="checkpoint", action="store_false", help="store every block (faster, more memory)")
+    parser.add_argument("--checkpoint", action="store_true", help="recompute blocks in the backward pass (less memory, slower)")
     parser.add_argument("--naive-length", type=int, default=256)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
