@@ -146,15 +146,73 @@ class _Point:
         self.b, self.c, self.a, self.s = b, c, a, s
 
 
-class _Grads:
-    """Accumulators of the backward pass."""
+class _Rows:
+    """The gradient of one fast-weight matrix ``W`` (and of its momentum ``S``) in a block.
 
-    def __init__(self) -> None:
-        self.rows: dict[str, list[tuple[Tensor, Tensor]]] = {}  # weight -> (left, right) row factors
-        self.mom_rows: dict[str, list[tuple[Tensor, Tensor]]] = {}
+    Every read ``z = b x W^T + c x S^T`` (or transposed) of the block contributes
+    ``b g^T x`` to ``dW`` and ``c g^T x`` to ``dS``. The rows are written into one buffer as
+    they come (left factors ``[b g | c g]`` side by side, right factors ``x``), and both
+    gradients are then one product ``left^T right`` of shape ``(2 out, in)``, added to the
+    gradients that arrive from after the block (:meth:`set_bases`).
+    """
 
-    def add(self, store: dict[str, list[tuple[Tensor, Tensor]]], name: str, left: Tensor, right: Tensor) -> None:
-        store.setdefault(name, []).append((left, right))
+    def __init__(self, like: Tensor, w: Tensor, rows: int, momentum: bool) -> None:
+        self.out, self.inn = w.shape[-2], w.shape[-1]
+        self.momentum = momentum
+        width = self.out * (2 if momentum else 1)
+        self.left = like.new_empty(like.shape[0], rows, width)
+        self.right = like.new_empty(like.shape[0], rows, self.inn)
+        self.base: Tensor | None = None
+        self.first = rows  # rows before the first one written take no part (no retrieval gradient)
+
+    def put(self, row0: int, left: Tensor, right: Tensor, b: Tensor | None, c: Tensor | None) -> None:
+        r = slice(row0, row0 + left.shape[1])
+        self.first = min(self.first, row0)
+        o = self.out
+        if b is None:
+            self.left[:, r, :o] = left
+        else:
+            torch.mul(left, b, out=self.left[:, r, :o])
+        if self.momentum:
+            if c is None:
+                self.left[:, r, o:] = 0
+            else:
+                torch.mul(left, c, out=self.left[:, r, o:])
+        self.right[:, r] = right
+
+    def set_bases(
+        self, gw: Tensor | None, b: Tensor | None, c: Tensor | None, gs: Tensor | None, decay: Tensor | None
+    ) -> None:
+        """The gradients arriving from after the block: ``dW = b gW'``, ``dS = c gW' + E gS'``
+        (``gW'``, ``gS'`` the gradients of the block-end weights and momentum)."""
+        if gw is None and gs is None:
+            return
+        o = self.out
+        base = self.left.new_empty(self.left.shape[0], self.left.shape[-1], self.inn)
+        if gw is None:
+            base[:, :o].zero_()
+        elif b is None:
+            base[:, :o] = gw
+        else:
+            torch.mul(gw, _bcast(b, gw), out=base[:, :o])
+        if self.momentum:
+            if gw is not None and c is not None:
+                torch.mul(gw, _bcast(c, gw), out=base[:, o:])
+            else:
+                base[:, o:].zero_()
+            if gs is not None:
+                base[:, o:].addcmul_(gs, _bcast(decay, gs))
+        self.base = base
+
+    def gradients(self) -> tuple[Tensor, Tensor | None]:
+        """``(dW, dS)`` (``dS`` ``None`` without momentum)."""
+        left, right = self.left[:, self.first :], self.right[:, self.first :]
+        if self.base is None:
+            both = left.mT @ right
+        else:
+            both = self.base.baddbmm_(left.mT, right)
+        o = self.out
+        return both[:, :o], (both[:, o:] if self.momentum else None)
 
 
 def _scaled(x: Tensor, s: Tensor | None) -> Tensor:
@@ -209,24 +267,25 @@ class _Block:
         ds: Tensor,
         acc: dict[str, Any],
         transposed: bool,
+        row0: int,
     ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
         """Backward of ``z = read(x)`` (or of ``z = read_t(x)`` when ``transposed``).
 
-        Records the weight gradients as row factors in ``acc`` and adds the factor-row
-        gradients into ``acc["gx"]``/``acc["gd"]``; returns ``(grad of x, grad of b, grad of c,
+        Writes the weight gradients' row factors into ``acc["left"]``/``acc["right"]`` from row
+        ``row0`` on (see :class:`_Rows`) and adds the factor-row gradients into
+        ``acc["gx"]``/``acc["gd"]``; returns ``(grad of x, grad of b, grad of c,
         grad of a)`` (``b``/``c`` gradients summed over features, per row of ``p``)."""
         # Through W (and S): z = b (x W^T) [non-transposed] or z = b (x W) [transposed].
         gw = g @ w if not transposed else g @ w.mT
         gx = _scaled(gw, p.b)
         gb = (gw * x).sum(-1, keepdim=True) if p.b is not None else None
         left, right = (g, x) if not transposed else (x, g)
-        acc["rows"].setdefault(name, []).append((_scaled(left, p.b), right))
+        acc["rows"][name].put(row0, left, right, p.b, p.c)
         gc = None
         if s is not None and p.c is not None:
             gs = g @ s if not transposed else g @ s.mT
             gx = torch.addcmul(gx, gs, p.c)
             gc = (gs * x).sum(-1, keepdim=True)
-            acc["mom_rows"].setdefault(name, []).append((left * p.c, right))
         ga = None
         if p.a is not None:
             xs_, ds_ = xs[:, : p.s], ds[:, : p.s]
@@ -416,9 +475,13 @@ class _Block:
         mats = {nm: weights[nm] for nm in names}
         moms = {nm: momentum[nm] for nm in names} if self.has_momentum else {nm: None for nm in names}
         xs, ds = saved["xs"], saved["ds"]
+        # Row factors of every read: the retrievals (rows 0..M), the key paths (M..2M) and, for
+        # every matrix after the first, the inner backward's transposed reads (2M..3M).
         acc: dict[str, Any] = {
-            "rows": {},
-            "mom_rows": {},
+            "rows": {
+                nm: _Rows(k, mats[nm], (3 if i > 0 else 2) * m, self.has_momentum)
+                for i, nm in enumerate(names)
+            },
             "gx": {nm: torch.zeros_like(xs[nm]) for nm in names},
             "gd": {nm: torch.zeros_like(ds[nm]) for nm in names},
         }
@@ -445,16 +508,22 @@ class _Block:
             gw, gs = g_w.get(nm), g_s.get(nm)
             w, s = weights[nm], momentum.get(nm) if self.has_momentum else None
             bw = bs = None
+            if nm == gain:
+                if gw is not None:
+                    bw = gw if b_last is None else gw * _bcast(b_last, gw)
+                if gw is not None and s is not None and c_last is not None:
+                    bs = gw * _bcast(c_last, gw)
+                if gs is not None and s is not None:
+                    bs = gs * _bcast(decay, gs) if bs is None else torch.addcmul(bs, gs, _bcast(decay, gs))
+            else:
+                acc["rows"][nm].set_bases(gw, b_last, c_last if s is not None else None,
+                                          gs if s is not None else None, decay)
             if gw is not None:
-                bw = gw.clone(memory_format=torch.contiguous_format) if b_last is None else gw * _bcast(b_last, gw)
                 if b_last is not None:
                     g_beta[:, -1] += _dot(gw, w)
                 if s is not None and c_last is not None:
-                    bs = gw * _bcast(c_last, gw)
                     g_gamma[:, -1] += _dot(gw, s)
             if gs is not None and s is not None:
-                part = gs * _bcast(decay, gs)
-                bs = part if bs is None else bs + part
                 g_decay += _dot(gs, s)
             base_w[nm], base_s[nm] = bw, bs
             a_row = mix[nm][:, -1]  # (N, M)
@@ -493,7 +562,7 @@ class _Block:
             for i in range(L - 1, -1, -1):
                 nm = names[i]
                 gx, gb, gc, ga = self._read_back(g_h, ret_in[i], nm, mats[nm], moms[nm], full[nm], xs[nm], ds[nm],
-                                                 acc, transposed=False)
+                                                 acc, transposed=False, row0=0)
                 if gb is not None:
                     g_beta += gb[..., 0]
                 if gc is not None:
@@ -527,7 +596,8 @@ class _Block:
                 if self.act.second is not None:
                     g_z[i - 1] = gd_running * back * self.act.second(pres[i - 1])
                 gx, gb, gc, ga = self._read_back(
-                    g_back, ds[nm][:, sl], nm, mats[nm], moms[nm], p[nm], xs[nm], ds[nm], acc, transposed=True
+                    g_back, ds[nm][:, sl], nm, mats[nm], moms[nm], p[nm], xs[nm], ds[nm], acc, transposed=True,
+                    row0=2 * m + s0,
                 )
                 self._point_grads(p[nm], s0, gb, gc, ga, g_beta, g_gamma, g_mix[nm])
                 gd_running = g_delta[nm] + gx
@@ -565,7 +635,7 @@ class _Block:
                 nm = names[i]
                 x_in = xs[nm][:, sl]
                 gx, gb, gc, ga = self._read_back(g_cur, x_in, nm, mats[nm], moms[nm], p[nm], xs[nm], ds[nm],
-                                                 acc, transposed=False)
+                                                 acc, transposed=False, row0=m + s0)
                 self._point_grads(p[nm], s0, gb, gc, ga, g_beta, g_gamma, g_mix[nm])
                 gx = gx + g_xin[nm]
                 if i > 0:
@@ -579,9 +649,7 @@ class _Block:
         out_w: dict[str, Tensor | None] = {}
         out_s: dict[str, Tensor | None] = {}
         for nm in names:
-            out_w[nm] = _sum_rows(base_w[nm], acc["rows"].get(nm), mats[nm])
-            if self.has_momentum:
-                out_s[nm] = _sum_rows(base_s[nm], acc["mom_rows"].get(nm), mats[nm])
+            out_w[nm], out_s[nm] = acc["rows"][nm].gradients()
         if gain is not None:
             gw = g_vec.get(gain)
             bw = base_w[gain]
@@ -651,17 +719,6 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     """``sum(a * b)`` per leading index, without a full-size temporary."""
     # (This einsum form runs a dot-product kernel; vecdot and bmm forms are 2-25 times slower.)
     return torch.einsum("...n,...n->...", a.flatten(1).unsqueeze(1), b.expand_as(a).flatten(1).unsqueeze(1)).squeeze(1)
-
-
-def _sum_rows(base: Tensor | None, rows: list[tuple[Tensor, Tensor]] | None, like: Tensor) -> Tensor | None:
-    """``base + sum_r left_r^T right_r`` as one product (``None`` when there is nothing)."""
-    if not rows:
-        return base
-    left = torch.cat([lft for lft, _ in rows], dim=1)
-    right = torch.cat([r for _, r in rows], dim=1)
-    if base is None:
-        return left.mT @ right
-    return base.baddbmm_(left.mT, right)  # base is always a new tensor of this pass
 
 
 class _Fused(torch.autograd.Function):
