@@ -34,9 +34,7 @@ def _setup(device: str, threads: int) -> None:
 
 
 def _layer(args: argparse.Namespace, block_chunks: int | None, checkpoint: bool):
-    from memory_blocks import MLPMemory, NeuralMemory
-
-    from memory_blocks import LearnedGate
+    from memory_blocks import LearnedGate, MLPMemory, NeuralMemory
 
     torch.manual_seed(0)
     knobs = {} if block_chunks is None else {"block_chunks": block_chunks}  # None: the layer's default
@@ -191,8 +189,8 @@ def main() -> None:
     for seq in [int(s) for s in args.lengths.split(",")]:
         r = run_worker(args, seq, args.block_chunks, args.checkpoint)
         first = first or r["tokens_per_s"]
-        print(f"{seq:>8} {args.block_chunks or 'dflt':>6} {str(args.checkpoint):>5} {r['tokens_per_s']:>10,.0f} "
-              f"{r['seconds']:>8.2f} {r['peak_mib']:>9,.0f} {r['tokens_per_s'] / first:>6.2f} {str(r['finite']):>6}")
+        print(f"{seq:>8} {args.block_chunks or 'dflt':>6} {args.checkpoint!s:>5} {r['tokens_per_s']:>10,.0f} "
+              f"{r['seconds']:>8.2f} {r['peak_mib']:>9,.0f} {r['tokens_per_s'] / first:>6.2f} {r['finite']!s:>6}")
     _setup(args.device, args.threads)
     naive, par = naive_vs_parallel(args, args.naive_length)
     print(f"memorize vs memorize_naive at {args.naive_length} tokens (fwd+bwd): "

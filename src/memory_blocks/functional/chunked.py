@@ -3,14 +3,19 @@
 Across chunks the loop is sequential: a chunk's gradients are taken at the weights its
 predecessor left. Inside a chunk everything is batched over tokens, batch and heads.
 
-- Built-in memory models (``factored``) run in blocks of several chunks
+- ``MLPMemory`` and the bias-free ``LinearMemory`` with the squared error run each block that
+  starts and ends at a chunk boundary through :mod:`memory_blocks.functional.fused`: the
+  block's forward and backward written out by hand, one autograd node (``checkpoint=True``:
+  its forward runs again in the backward pass instead of keeping its intermediates, except one
+  block in ``keep_every``).
+- Other built-in memory models (``factored``) run in blocks of several chunks
   (:mod:`memory_blocks.functional.block`): each token's gradient is kept as the factors of an
   outer product, every weight inside a block is read in the dual form from the closed-form
   momentum and forgetting recurrences (:func:`chunk_coefficients`), and full-size weights are
   written only once per block. Each block's graph is recorded and kept for the backward pass,
   or with ``checkpoint=True`` only its inputs are stored and it is recomputed (all but one
   block in ``keep_every``; :mod:`memory_blocks.functional.recompute`, also for the generic
-  path below).
+  path below). The partial chunks at the ends of a streamed piece take this path too.
 - Any other memory (``ModuleMemory``) runs chunk by chunk (:mod:`memory_blocks.functional.generic`)
   with ``torch.func`` per-token gradients and materialised per-token weights: exact, general,
   slower.
@@ -74,7 +79,9 @@ def memorize(
             block; the cost of reading a chunk's gradient point grows with its place in the
             block). Does not change the result.
         checkpoint: when gradients are recorded, keep only each block's inputs and recompute
-            the block in the backward pass (less memory, one more forward without recording).
+            the block in the backward pass (less memory, one more forward without recording;
+            on the hand-written path of MLP memories it saves little, since the block's start
+            weights dominate what is kept).
         keep_every: with ``checkpoint``, one block in every ``keep_every`` (0: none) keeps its
             recorded graph instead of being recomputed: a trade of memory for time that stays
             the same fraction at every length. Does not change the result.

@@ -114,13 +114,6 @@ def _flat(t: Tensor | None, keep: int) -> Tensor | None:
     return t.reshape(-1, *t.shape[t.ndim - keep :])
 
 
-def _col(c: Tensor | None) -> Tensor | None:
-    """``(N,)`` or ``(N, rows)`` -> broadcastable over ``(N, rows, features)``."""
-    if c is None:
-        return None
-    return c.reshape(c.shape[0], -1, 1)
-
-
 def _layer_norm(z: Tensor) -> tuple[Tensor, Tensor]:
     mu = z.mean(-1, keepdim=True)
     c = z - mu
@@ -228,10 +221,9 @@ class _Block:
         lr_keys: dict[str, str],
         chunk: int,
         has_momentum: bool,
-        has_decay: bool,
     ) -> None:
         self.spec, self.lr_keys, self.chunk = spec, lr_keys, chunk
-        self.has_momentum, self.has_decay = has_momentum, has_decay
+        self.has_momentum = has_momentum
         self.act = ACTIVATIONS[spec.activation]
 
     # ----------------------------------------------------------------------------- reads
@@ -900,7 +892,7 @@ def fused_block(
     names = list(weights)
     has_momentum = coef.gamma is not None
     layout = _Layout(names, lr_keys, coef, has_momentum, (k.shape[0], k.shape[1]))
-    block = _Block(spec, lr_keys, chunk, has_momentum, coef.beta is not None)
+    block = _Block(spec, lr_keys, chunk, has_momentum)
     tensors = layout.pack_inputs(q, k, v, coef, weights, momentum)
 
     def ref(*ts: Tensor) -> tuple[Tensor, ...]:
