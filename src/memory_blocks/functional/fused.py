@@ -280,25 +280,19 @@ class _Block:
             gc = (gs * x).sum(-1, keepdim=True)
         ga = None
         if p.a is not None:
-            xs_, ds_ = xs[:, : p.s], ds[:, : p.s]
+            # z -= ((x inner^T) * a) outer, with (inner, outer) = (xs, ds), or (ds, xs) transposed
             if not transposed:
-                # z -= ((x xs^T) * a) ds
-                r = x @ xs_.mT
-                e = g @ ds_.mT
-                ga = -(e * r)
-                gr = -(e * p.a)
-                gx = torch.baddbmm(gx, gr, xs_)
-                acc["gx"][name][:, : p.s] += gr.mT @ x
-                acc["gd"][name][:, : p.s] -= (r * p.a).mT @ g
+                inner, outer, g_inner, g_outer = xs, ds, acc["gx"][name], acc["gd"][name]
             else:
-                # z -= ((x ds^T) * a) xs
-                r = x @ ds_.mT
-                e = g @ xs_.mT
-                ga = -(e * r)
-                gr = -(e * p.a)
-                gx = torch.baddbmm(gx, gr, ds_)
-                acc["gd"][name][:, : p.s] += gr.mT @ x
-                acc["gx"][name][:, : p.s] -= (r * p.a).mT @ g
+                inner, outer, g_inner, g_outer = ds, xs, acc["gd"][name], acc["gx"][name]
+            inner, outer = inner[:, : p.s], outer[:, : p.s]
+            r = x @ inner.mT
+            neg = torch.baddbmm(r, g, outer.mT, beta=0, alpha=-1)  # -(g outer^T); r is ignored
+            ga = neg * r
+            gr = neg * p.a
+            gx = torch.baddbmm(gx, gr, inner)
+            g_inner[:, : p.s].baddbmm_(gr.mT, x)
+            g_outer[:, : p.s].baddbmm_((r * p.a).mT, g, alpha=-1)
         return gx, gb, gc, ga
 
     # --------------------------------------------------------------------------- forward
