@@ -79,7 +79,10 @@ def worker(args: argparse.Namespace) -> dict:
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
-    return {"tokens_per_s": args.batch * args.worker / t, "seconds": t, "peak_mib": peak, "finite": finite}
+    return {
+        "tokens_per_s": args.batch * args.worker / t, "seconds": t, "peak_mib": peak, "finite": finite,
+        "matmul_gflops": matmul_rate(args.device),  # right after the timed steps
+    }
 
 
 def baseline_worker(args: argparse.Namespace) -> dict:
@@ -131,16 +134,19 @@ def flops_and_matmul_rate(args: argparse.Namespace, seq: int) -> tuple[float, fl
     y.square().mean().backward()
     _sync(args.device)
     achieved = flops / (time.perf_counter() - start) / 1e9
-    n = 2048
-    a, b = torch.randn(n, n, device=args.device), torch.randn(n, n, device=args.device)
+    return flops, achieved, matmul_rate(args.device)
+
+
+def matmul_rate(device: str, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a plain ``n x n`` float32 matmul: how fast the machine is right now."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
-    _sync(args.device)
+    _sync(device)
     start = time.perf_counter()
-    for _ in range(5):
+    for _ in range(repeats):
         a @ b
-    _sync(args.device)
-    matmul = 5 * 2 * n**3 / (time.perf_counter() - start) / 1e9
-    return flops, achieved, matmul
+    _sync(device)
+    return repeats * 2 * n**3 / (time.perf_counter() - start) / 1e9
 
 
 def run_worker(args: argparse.Namespace, seq: int | str, block_chunks: int | None, checkpoint: bool) -> dict:
@@ -184,13 +190,15 @@ def main() -> None:
     base = run_worker(args, "baseline", 4, False)["peak_mib"] if args.device == "cpu" else 0.0
     if args.device == "cpu":
         print(f"process baseline (torch + layer, nothing run): {base:.0f} MiB")
-    print(f"{'tokens':>8} {'block':>6} {'ckpt':>5} {'tokens/s':>10} {'s/step':>8} {'peak MiB':>9} {'vs 1K':>6} {'finite':>6}")
+    print(f"{'tokens':>8} {'block':>6} {'ckpt':>5} {'tokens/s':>10} {'s/step':>8} {'peak MiB':>9} {'vs 1K':>6} "
+          f"{'finite':>6} {'matmul GFLOP/s':>14}")
     first = None
     for seq in [int(s) for s in args.lengths.split(",")]:
         r = run_worker(args, seq, args.block_chunks, args.checkpoint)
         first = first or r["tokens_per_s"]
         print(f"{seq:>8} {args.block_chunks or 'dflt':>6} {args.checkpoint!s:>5} {r['tokens_per_s']:>10,.0f} "
-              f"{r['seconds']:>8.2f} {r['peak_mib']:>9,.0f} {r['tokens_per_s'] / first:>6.2f} {r['finite']!s:>6}")
+              f"{r['seconds']:>8.2f} {r['peak_mib']:>9,.0f} {r['tokens_per_s'] / first:>6.2f} {r['finite']!s:>6} "
+              f"{r['matmul_gflops']:>14,.0f}")
     _setup(args.device, args.threads)
     naive, par = naive_vs_parallel(args, args.naive_length)
     print(f"memorize vs memorize_naive at {args.naive_length} tokens (fwd+bwd): "
