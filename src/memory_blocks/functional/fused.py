@@ -38,7 +38,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from memory_blocks.functional.recompute import input_gradients
 from memory_blocks.functional.recurrence import ChunkCoefficients
+from memory_blocks.functional.weight_update import dot_last
 
 __all__ = ["FusedSpec", "fused_block"]
 
@@ -228,24 +230,20 @@ class _Block:
 
     # ----------------------------------------------------------------------------- reads
     @staticmethod
-    def _read(x: Tensor, w: Tensor, s: Tensor | None, p: _Point, xs: Tensor, ds: Tensor) -> Tensor:
-        """``x P^T`` for the weights ``P`` at point ``p`` (``xs``, ``ds``: factor rows)."""
+    def _read(
+        x: Tensor, w: Tensor, s: Tensor | None, p: _Point, xs: Tensor, ds: Tensor, transposed: bool = False
+    ) -> Tensor:
+        """``x P^T`` for the weights ``P`` at point ``p`` (``xs``, ``ds``: factor rows), or
+        ``x P`` when ``transposed`` (the inner backward through a layer)."""
+        if transposed:
+            w, s, xs, ds = w.mT, None if s is None else s.mT, ds, xs
         z = _scaled(x, p.b) @ w.mT
         if s is not None and p.c is not None:
             z = torch.baddbmm(z, x * p.c, s.mT)
         if p.a is not None:
+            # z -= ((x inner^T) * a) outer, with (inner, outer) = (xs, ds), or (ds, xs) transposed
             z = torch.baddbmm(z, (x @ xs[:, : p.s].mT) * p.a, ds[:, : p.s], alpha=-1)
         return z
-
-    @staticmethod
-    def _read_t(d: Tensor, w: Tensor, s: Tensor | None, p: _Point, xs: Tensor, ds: Tensor) -> Tensor:
-        """``d P``: the transposed read (the inner backward through a layer)."""
-        y = _scaled(d, p.b) @ w
-        if s is not None and p.c is not None:
-            y = torch.baddbmm(y, d * p.c, s)
-        if p.a is not None:
-            y = torch.baddbmm(y, (d @ ds[:, : p.s].mT) * p.a, xs[:, : p.s], alpha=-1)
-        return y
 
     def _read_back(
         self,
@@ -296,18 +294,12 @@ class _Block:
         return gx, gb, gc, ga
 
     # --------------------------------------------------------------------------- forward
-    def run(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        beta: Tensor | None,
-        gamma: Tensor | None,
-        mix: dict[str, Tensor],
-        weights: dict[str, Tensor],
-        momentum: dict[str, Tensor],
-    ) -> tuple[Tensor, dict[str, Any]]:
-        """The block's retrievals and everything the backward pass needs (flat tensors)."""
+    def run(self, parts: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """The block's retrievals and everything the backward pass needs (flat tensors;
+        ``parts`` as :meth:`_Layout.unpack` gives them)."""
+        q, k, v = parts["q"], parts["k"], parts["v"]
+        beta, gamma, mix = parts["beta"], parts["gamma"], parts["mix"]
+        weights, momentum = parts["weights"], parts["momentum"]
         spec = self.spec
         names, L = spec.matrices, len(spec.matrices)
         n_rows, m = k.shape[0], k.shape[1]
@@ -358,7 +350,7 @@ class _Block:
                 nm = names[i]
                 ds[nm][:, s0:e0] = delta
                 if i > 0:
-                    back = self._read_t(delta, mats[nm], moms[nm], p[nm], xs[nm], ds[nm])
+                    back = self._read(delta, mats[nm], moms[nm], p[nm], xs[nm], ds[nm], transposed=True)
                     da[i - 1][:, s0:e0] = back
                     delta = self.act.backward(back, pre[i - 1][:, s0:e0])
         saved["gains_at"] = gains_at
@@ -448,7 +440,6 @@ class _Block:
         g_y: Tensor | None,
         g_w: dict[str, Tensor | None],
         g_s: dict[str, Tensor | None],
-        last: dict[str, Any],
     ) -> dict[str, Any]:
         """Gradients of every input of the block (flat tensors; ``None`` where there is none)."""
         spec = self.spec
@@ -457,7 +448,7 @@ class _Block:
         q, k, v = inputs["q"], inputs["k"], inputs["v"]
         beta, gamma, mix = inputs["beta"], inputs["gamma"], inputs["mix"]
         weights, momentum = inputs["weights"], inputs["momentum"]
-        n_rows, m = k.shape[0], k.shape[1]
+        m = k.shape[1]
         mats = {nm: weights[nm] for nm in names}
         moms = {nm: momentum[nm] for nm in names} if self.has_momentum else {nm: None for nm in names}
         xs, ds = saved["xs"], saved["ds"]
@@ -482,36 +473,33 @@ class _Block:
         g_v = torch.zeros_like(v)
 
         # --- block-end weights and momentum: W' = bL W + cL S - sum_i a_i d_i x_i^T, S' = E S - ...
-        base_w: dict[str, Tensor | None] = {}
-        base_s: dict[str, Tensor | None] = {}
+        gain_base_w = gain_base_s = None  # the gain's gradients arriving from after the block
         b_last = None if beta is None else beta[:, -1]
         c_last = None if gamma is None else gamma[:, -1]
-        decay, mmix = last["decay"], last["mmix"]
+        decay, mmix = inputs["decay"], inputs["mmix"]
         g_decay = None if decay is None else torch.zeros_like(decay)
         g_mmix = {nm: torch.zeros_like(c) for nm, c in mmix.items()}
         every = list(names) + ([gain] if gain is not None else [])
         for nm in every:
             gw, gs = g_w.get(nm), g_s.get(nm)
             w, s = weights[nm], momentum.get(nm) if self.has_momentum else None
-            bw = bs = None
             if nm == gain:
                 if gw is not None:
-                    bw = gw if b_last is None else gw * _bcast(b_last, gw)
+                    gain_base_w = gw if b_last is None else gw * _bcast(b_last, gw)
                 if gw is not None and s is not None and c_last is not None:
-                    bs = gw * _bcast(c_last, gw)
+                    gain_base_s = gw * _bcast(c_last, gw)
                 if gs is not None and s is not None:
-                    bs = gs * _bcast(decay, gs) if bs is None else torch.addcmul(bs, gs, _bcast(decay, gs))
+                    gain_base_s = _plus(gain_base_s, gs * _bcast(decay, gs))
             else:
                 acc["rows"][nm].set_bases(gw, b_last, c_last if s is not None else None,
                                           gs if s is not None else None, decay)
             if gw is not None:
                 if b_last is not None:
-                    g_beta[:, -1] += _dot(gw, w)
+                    g_beta[:, -1] += dot_last(gw, w, gw.ndim - 1)
                 if s is not None and c_last is not None:
-                    g_gamma[:, -1] += _dot(gw, s)
+                    g_gamma[:, -1] += dot_last(gw, s, gw.ndim - 1)
             if gs is not None and s is not None:
-                g_decay += _dot(gs, s)
-            base_w[nm], base_s[nm] = bw, bs
+                g_decay += dot_last(gs, s, gs.ndim - 1)
             a_row = mix[nm][:, -1]  # (N, M)
             pairs = []
             if gw is not None:
@@ -637,13 +625,9 @@ class _Block:
         for nm in names:
             out_w[nm], out_s[nm] = acc["rows"][nm].gradients()
         if gain is not None:
-            gw = g_vec.get(gain)
-            bw = base_w[gain]
-            out_w[gain] = gw if bw is None else (bw if gw is None else bw + gw)
+            out_w[gain] = _plus(gain_base_w, g_vec.get(gain))
             if self.has_momentum:
-                gs = g_vec_mom.get(gain)
-                bs = base_s[gain]
-                out_s[gain] = gs if bs is None else (bs if gs is None else bs + gs)
+                out_s[gain] = _plus(gain_base_s, g_vec_mom.get(gain))
         return {
             "q": g_q, "k": g_k, "v": g_v, "beta": g_beta, "gamma": g_gamma, "mix": g_mix,
             "decay": g_decay, "mmix": g_mmix, "weights": out_w, "momentum": out_s,
@@ -679,10 +663,10 @@ class _Block:
                 g_beta += gb
             elif s0 > 0:
                 g_beta[:, s0 - 1] += gb.sum(1)
-        g_vec[name] = gg if name not in g_vec else g_vec[name] + gg
+        g_vec[name] = _plus(g_vec.get(name), gg)
         if sg is not None and p.c is not None:
             gs = (g_out * p.c).sum(1)
-            g_vec_mom[name] = gs if name not in g_vec_mom else g_vec_mom[name] + gs
+            g_vec_mom[name] = _plus(g_vec_mom.get(name), gs)
             gc = (g_out * sg.unsqueeze(1)).sum(-1)
             if per_row:
                 g_gamma += gc
@@ -697,14 +681,15 @@ class _Block:
                 g_mix[:, s0 - 1, :s0] += ga.sum(1)
 
 
+def _plus(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """``a + b`` where a missing term (``None``) counts as zero."""
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
 def _bcast(c: Tensor, like: Tensor) -> Tensor:
     return c.reshape(c.shape[0], *([1] * (like.ndim - 1)))
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """``sum(a * b)`` per leading index, without a full-size temporary."""
-    # (This einsum form runs a dot-product kernel; vecdot and bmm forms are 2-25 times slower.)
-    return torch.einsum("...n,...n->...", a.flatten(1).unsqueeze(1), b.expand_as(a).flatten(1).unsqueeze(1)).squeeze(1)
 
 
 class _Fused(torch.autograd.Function):
@@ -717,8 +702,7 @@ class _Fused(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*tensors)
         parts = layout.unpack(tensors)
-        y, saved = block.run(parts["q"], parts["k"], parts["v"], parts["beta"], parts["gamma"], parts["mix"],
-                             parts["weights"], parts["momentum"])
+        y, saved = block.run(parts)
         new_w, new_m = block.ends(parts, saved)
         ctx.saved = saved if keep else None
         return layout.pack_outputs(y, new_w, new_m)
@@ -731,24 +715,16 @@ class _Fused(torch.autograd.Function):
             # the gradients stay connected to the graph that produced those inputs.
             with torch.enable_grad():
                 outs = ctx.reference(*tensors)
-            pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
-            wanted = [i for i, t in enumerate(tensors) if t.requires_grad]
-            result: list[Tensor | None] = [None] * len(tensors)
-            if pairs and wanted:
-                got = torch.autograd.grad([o for o, _ in pairs], [tensors[i] for i in wanted],
-                                          [g for _, g in pairs], allow_unused=True, create_graph=True)
-                for i, g in zip(wanted, got):
-                    result[i] = g
+            result, _ = input_gradients(outs, grads, tensors, create_graph=True)
             return (None, None, None, None, *result)
         block, layout = ctx.block, ctx.layout
         parts = layout.unpack(tensors)
         saved = ctx.saved
         if saved is None:
-            _, saved = block.run(parts["q"], parts["k"], parts["v"], parts["beta"], parts["gamma"], parts["mix"],
-                                 parts["weights"], parts["momentum"])
+            _, saved = block.run(parts)
         ctx.saved = None
         g_y, g_w, g_s = layout.unpack_output_grads(grads)
-        got = block.backward(parts, saved, g_y, g_w, g_s, {"decay": parts["decay"], "mmix": parts["mmix"]})
+        got = block.backward(parts, saved, g_y, g_w, g_s)
         return (None, None, None, None, *layout.pack_input_grads(got, tensors))
 
 

@@ -23,7 +23,7 @@ from memory_blocks.functional.fast_ops import Reader
 from memory_blocks.functional.recurrence import ChunkCoefficients
 from memory_blocks.functional.weight_tape import WeightTape
 
-__all__ = ["recompute_block"]
+__all__ = ["input_gradients", "recompute_block"]
 
 Weights = dict[str, Tensor]
 
@@ -80,29 +80,48 @@ class _Recompute(torch.autograd.Function):
                 ctx.run, None if create_graph else ctx.taped, ctx.saved_tensors, fresh=not create_graph
             )
         ctx.kept = None  # a recorded graph is used once; a second backward recomputes
-        pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
-        wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
-        result: list[Tensor | None] = [None] * len(inputs)
-        if pairs and wanted:
-            recorded = [] if tape is None else tape.outputs()
-            got = torch.autograd.grad(
-                [o for o, _ in pairs],
-                [inputs[i] for i in wanted] + recorded,
-                [g for _, g in pairs],
-                allow_unused=True,
-                create_graph=create_graph,
-            )
-            for i, g in zip(wanted, got):
-                result[i] = g
-            if tape is not None:
-                summed = tape.gradients(
-                    list(got[len(wanted) :]), {id(inputs[i]): result[i] for i in wanted}
-                )
-                for i in wanted:
-                    result[i] = summed.get(id(inputs[i]), result[i])
+        recorded = [] if tape is None else tape.outputs()
+        result, got = input_gradients(outs, grads, inputs, recorded, create_graph=create_graph)
+        if tape is not None and got is not None:
+            wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
+            summed = tape.gradients(got, {id(inputs[i]): result[i] for i in wanted})
+            for i in wanted:
+                result[i] = summed.get(id(inputs[i]), result[i])
         if tape is not None:
             tape.clear()
         return (None, None, None, *result)
+
+
+def input_gradients(
+    outs: tuple[Tensor, ...] | list[Tensor],
+    grads: tuple[Tensor | None, ...],
+    inputs: list[Tensor] | tuple[Tensor, ...],
+    extra: list[Tensor] | None = None,
+    *,
+    create_graph: bool,
+) -> tuple[list[Tensor | None], list[Tensor | None] | None]:
+    """Gradients of ``inputs`` (``None`` where an input needs none) and of ``extra`` tensors of
+    a recorded graph, given the gradients ``grads`` arriving at its outputs ``outs``.
+
+    Returns ``(input gradients, extra gradients)``; the second is ``None`` when nothing was
+    differentiated (no output gradient, or no input that needs one).
+    """
+    pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
+    wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
+    result: list[Tensor | None] = [None] * len(inputs)
+    if not (pairs and wanted):
+        return result, None
+    extra = extra or []
+    got = torch.autograd.grad(
+        [o for o, _ in pairs],
+        [inputs[i] for i in wanted] + extra,
+        [g for _, g in pairs],
+        allow_unused=True,
+        create_graph=create_graph,
+    )
+    for i, g in zip(wanted, got):
+        result[i] = g
+    return result, list(got[len(wanted) :])
 
 
 def _record(

@@ -15,13 +15,14 @@ full-size gradients it must (``beta G`` and ``gamma G``); the gradients of ``bet
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["decayed_update"]
+__all__ = ["decayed_update", "dot_last"]
 
 
 def _scale(s: Tensor) -> Tensor:
@@ -29,10 +30,17 @@ def _scale(s: Tensor) -> Tensor:
     return s.unsqueeze(-1).unsqueeze(-1)
 
 
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """``sum_{ij} a_ij b_ij`` per leading index, without a full-size temporary."""
-    # (einsum picks a dot-product kernel here; a (1, n) @ (n, 1) matmul is several times slower.)
-    return torch.einsum("...n,...n->...", a.flatten(-2), b.flatten(-2))
+def dot_last(a: Float[Tensor, "..."], b: Float[Tensor, "..."], dims: int) -> Float[Tensor, "..."]:
+    """``sum(a * b)`` over the last ``dims`` dimensions (``b`` broadcast to ``a``), per
+    leading index, without a full-size temporary."""
+    lead = a.shape[: a.ndim - dims]
+    size = math.prod(a.shape[a.ndim - dims :])
+    # (This einsum form, rows of shape (1, n), runs a dot-product kernel; vecdot, bmm and
+    # einsum over (batch, heads, n) forms were 2 to 25 times slower in measurements.)
+    out = torch.einsum(
+        "...n,...n->...", a.reshape(-1, 1, size), b.expand_as(a).reshape(-1, 1, size)
+    )
+    return out.view(lead)
 
 
 class _DecayedUpdate(torch.autograd.Function):
@@ -71,11 +79,11 @@ class _DecayedUpdate(torch.autograd.Function):
         if need[0]:
             d_w = grad if beta is None else grad * _scale(beta)
         if need[1]:
-            d_beta = _dot(grad, w)
+            d_beta = dot_last(grad, w, 2)
         if need[2]:
             d_s = grad * _scale(gamma)
         if need[3]:
-            d_gamma = _dot(grad, s)
+            d_gamma = dot_last(grad, s, 2)
         if need[5] or need[6]:
             z = delta @ grad  # (..., M, cols)
             if need[5]:
