@@ -34,7 +34,7 @@ from typing import Any
 
 from titans.checkpoint import load_pretrained
 from titans.config import TitansConfig
-from titans.evaluate import evaluate
+from titans.evaluate import evaluate, json_safe
 from titans.model import count_parameters
 from titans.run_checkpoint import latest_checkpoint
 from titans.tasks import Task, make_task, task_to_dict
@@ -219,10 +219,12 @@ def run_one(
 
     Returns (and writes to ``out_dir/result.json``) ``{"name", "variant", "parameters",
     "loss", "accuracy", "tokens_per_s", "train_seconds", "eval": [{"length", "loss",
-    "accuracy"}, ...], "identity"}``: the last training step's loss and accuracy, the
+    "accuracy", "finite"}, ...], "identity"}``: the last training step's loss and accuracy, the
     training throughput, and the evaluation at every length of the spec. A run whose loss
     became non-finite is recorded, not raised: ``"diverged"`` holds the message, and its
-    loss, accuracy, tokens/s and evaluation values are ``None``.
+    loss, accuracy, tokens/s and evaluation values are ``None``. An evaluation that is
+    non-finite at a length has ``"finite": False``, ``"accuracy": None`` and its loss as the
+    string ``"nan"`` or ``"inf"`` (the result is :func:`~titans.evaluate.json_safe`, as written).
     """
     out = Path(out_dir)
     identity = _identity(run, spec)
@@ -230,7 +232,7 @@ def run_one(
     if result_path.is_file():
         result = json.loads(result_path.read_text())
         if result.get("identity") == identity:
-            return result
+            return json_safe(result)  # a result.json written before json_safe may hold a bare NaN
         raise ValueError(f"ablation: {out} holds a finished run of a different spec; remove it or use another --out")
     resume = out.is_dir() and any(out.glob("checkpoint-*"))
     began = time.perf_counter()
@@ -241,7 +243,8 @@ def run_one(
         result.update(
             parameters=count_parameters(run.model), loss=None, accuracy=None, tokens_per_s=None,
             train_seconds=time.perf_counter() - began, diverged=str(err),
-            eval=[{"length": n, "loss": None, "accuracy": None} for n in spec.lengths], identity=identity,
+            eval=[{"length": n, "loss": None, "accuracy": None, "finite": None} for n in spec.lengths],
+            identity=identity,
         )
     else:
         seconds = time.perf_counter() - began
@@ -252,11 +255,12 @@ def run_one(
         result.update(
             parameters=count_parameters(run.model), loss=last["loss"], accuracy=last["accuracy"],
             tokens_per_s=last["tokens_per_s"], train_seconds=seconds,
-            eval=[{"length": r["length"], "loss": r["loss"], "accuracy": r["accuracy"]} for r in rows],
+            eval=[{key: r[key] for key in ("length", "loss", "accuracy", "finite")} for r in rows],
             identity=identity,
         )
+    result = json_safe(result)  # the same whether fresh or reused from result.json
     tmp = result_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True, allow_nan=False))
     tmp.replace(result_path)
     return result
 
@@ -283,6 +287,7 @@ def run_ablation(
         results.append(run_one(run, spec, out / "runs" / run.name, progress=report))
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps([{k: v for k, v in r.items() if k != "identity"} for r in results], indent=1))
+    tmp.write_text(json.dumps([{k: v for k, v in r.items() if k != "identity"} for r in results], indent=1,
+                              allow_nan=False))
     tmp.replace(out / "results.json")
     return results

@@ -11,7 +11,9 @@
     titans demo [--quick] [--out runs/demo]
 
 Bad input (unknown names, invalid values, missing files) prints one line ``titans: error: ...``
-and exits with status 2; an interrupted run exits with 130 and keeps its last checkpoint.
+and exits with status 2; an interrupted run exits with 130 and keeps its last checkpoint. A
+training loss that becomes non-finite exits with 1; so does ``eval`` when the evaluation at any
+length is non-finite (after its report, which shows the loss and no accuracy for that length).
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from titans.ablation import load_spec, metrics_paths, run_ablation
 from titans.checkpoint import load_pretrained
 from titans.config import TitansConfig
 from titans.demo import DemoSettings, run_demo
-from titans.evaluate import evaluate
+from titans.evaluate import evaluate, json_safe
 from titans.report import markdown_table, plot_results
-from titans.run_checkpoint import latest_checkpoint
+from titans.run_checkpoint import checkpoint_note, latest_checkpoint
 from titans.tasks import TASKS, make_task
 from titans.train import TrainConfig, load_run, train, world
 
@@ -194,7 +196,9 @@ def _model_config(args: argparse.Namespace) -> TitansConfig:
 
 def _progress(record: dict[str, Any]) -> None:
     if record["kind"] == "eval":
-        sys.stderr.write(f"eval  step {record['step']}: loss {record['loss']:.4f}  accuracy {record['accuracy']:.3f}\n")
+        result = (f"loss {record['loss']:.4f}  accuracy {record['accuracy']:.3f}" if record["finite"]
+                  else f"loss {record['loss']}  diverged (non-finite evaluation, no accuracy)")
+        sys.stderr.write(f"eval  step {record['step']}: {result}\n")
         return
     eta = int(record["eta_s"])
     sys.stderr.write(
@@ -226,10 +230,11 @@ def _train(args: argparse.Namespace) -> int:
     try:
         summary = train(model_config, config, task, args.out, resume=args.resume, progress=progress)
     except KeyboardInterrupt:
-        sys.stderr.write(f"titans: interrupted; the last checkpoint in {args.out} is intact (resume with --resume)\n")
+        note = checkpoint_note(args.out, resume_hint=" (resume with --resume)")
+        sys.stderr.write(f"titans: interrupted; {note}\n")
         return 130
     if world()[0] == 0:  # under torchrun only rank 0 reports
-        print(json.dumps(summary, sort_keys=True))
+        print(json.dumps(json_safe(summary), sort_keys=True, allow_nan=False))
     return 0
 
 
@@ -247,10 +252,17 @@ def _eval(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, seed=args.seed)
     for row in rows:
         if args.json:
-            print(json.dumps(row, sort_keys=True))
+            print(json.dumps(json_safe(row), sort_keys=True, allow_nan=False))
         else:
             depth = f"  depth {row['depth']:.2f}" if "depth" in row else ""
-            print(f"{row['task']}  length {row['length']}{depth}  loss {row['loss']:.4f}  accuracy {row['accuracy']:.3f}")
+            result = (f"loss {row['loss']:.4f}  accuracy {row['accuracy']:.3f}" if row["finite"]
+                      else f"loss {row['loss']}  diverged at length {row['length']}")
+            print(f"{row['task']}  length {row['length']}{depth}  {result}")
+    broken = sorted({row["length"] for row in rows if not row["finite"]})
+    if broken:
+        sys.stderr.write(f"titans: error: eval: the evaluation is non-finite (NaN or infinite loss or logits) at "
+                         f"length {', '.join(map(str, broken))}; no accuracy is reported there\n")
+        return 1
     return 0
 
 

@@ -36,7 +36,7 @@ from typing import Any
 from titans.ablation import AblationSpec, RunSpec, metrics_paths, run_ablation
 from titans.config import TitansConfig
 from titans.model import count_parameters
-from titans.report import accuracy_at, markdown_table, plot_results
+from titans.report import accuracy_at, diverged_lengths, markdown_table, plot_results
 from titans.tasks import MQAR
 from titans.tasks.base import check_int
 from titans.train import TrainConfig
@@ -109,28 +109,51 @@ def _chance(spec: AblationSpec) -> float:
     return 1 / (spec.task.vocab_size - spec.task.vocab_size // 2)
 
 
+def _recall(result: dict[str, Any], length: int) -> str:
+    accuracy = accuracy_at(result, length)
+    return f"diverged at length {length}" if accuracy is None else f"{100 * accuracy:.1f}%"
+
+
+def _margins(spec: AblationSpec, results: list[dict[str, Any]]) -> dict[int, float | None]:
+    """Memory minus baseline recall at each length; ``None`` where either has no accuracy (its
+    training diverged, or its evaluation there is non-finite)."""
+    memory, baseline = results
+    margins: dict[int, float | None] = {}
+    for n in spec.lengths:
+        ours, theirs = accuracy_at(memory, n), accuracy_at(baseline, n)
+        margins[n] = None if ours is None or theirs is None else ours - theirs
+    return margins
+
+
 def _report(spec: AblationSpec, results: list[dict[str, Any]], seconds: float, png: str) -> str:
     memory, baseline = results
     train_len = spec.lengths[0]
     pairs = spec.task.num_pairs
     window = spec.runs[1].model.window
+    margins = _margins(spec, results)
     gaps = [
-        f"| {n} | {n - 4 * pairs} | {100 * accuracy_at(memory, n):.1f}% | {100 * accuracy_at(baseline, n):.1f}% | "
-        f"{100 * (accuracy_at(memory, n) - accuracy_at(baseline, n)):+.1f} |"
+        f"| {n} | {n - 4 * pairs} | {_recall(memory, n)} | {_recall(baseline, n)} | "
+        + ("-" if margins[n] is None else f"{100 * margins[n]:+.1f}") + " |"
         for n in spec.lengths
     ]
-    margins = {n: accuracy_at(memory, n) - accuracy_at(baseline, n) for n in spec.lengths}
-    clear = [n for n, m in margins.items() if m >= CLEAR_MARGIN]
+    clear = [n for n, m in margins.items() if m is not None and m >= CLEAR_MARGIN]
     longer = [n for n in spec.lengths if n > train_len]
     if len(clear) == len(margins):
-        verdict = (f"The memory model beats the baseline by {100 * min(margins.values()):.1f} to "
-                   f"{100 * max(margins.values()):.1f} points of recall at every length"
+        found = [m for m in margins.values() if m is not None]
+        verdict = (f"The memory model beats the baseline by {100 * min(found):.1f} to "
+                   f"{100 * max(found):.1f} points of recall at every length"
                    + (f", including {', '.join(map(str, longer))} (longer than the {train_len} tokens it was trained on)."
                       if longer else "."))
     else:
         weak = [n for n in spec.lengths if n not in clear]
         verdict = (f"The memory model beats the baseline by at least {100 * CLEAR_MARGIN:.0f} points of recall at "
                    f"{', '.join(map(str, clear)) or 'no length'}, but NOT at {', '.join(map(str, weak))}.")
+    for r in results:
+        if r.get("diverged"):
+            verdict += f" {r['name']} diverged in training: it has no recall at any length."
+        elif diverged_lengths(r):
+            verdict += (f" {r['name']}'s evaluation is non-finite (NaN or infinite) at length "
+                        f"{', '.join(map(str, diverged_lengths(r)))}: no recall there.")
     chance = _chance(spec)
     lines = [
         "# titans demo: recall beyond the attention window",
@@ -171,7 +194,8 @@ def run_demo(
     progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Runs the demo into ``out_dir``; returns ``{"report", "plot", "results", "seconds",
-    "margins"}`` (``margins``: memory minus baseline recall at each length)."""
+    "margins"}`` (``margins``: memory minus baseline recall at each length, ``None`` where
+    either model has no recall because it diverged: see :func:`titans.report.accuracy_at`)."""
     settings = DemoSettings() if settings is None else settings
     out = Path(out_dir)
     spec = demo_spec(settings)
@@ -185,5 +209,5 @@ def run_demo(
     seconds = time.perf_counter() - began
     report = out / "report.md"
     report.write_text(_report(spec, results, seconds, png.name))
-    margins = {n: accuracy_at(results[0], n) - accuracy_at(results[1], n) for n in spec.lengths}
+    margins = _margins(spec, results)
     return {"report": str(report), "plot": str(png), "results": results, "seconds": seconds, "margins": margins}

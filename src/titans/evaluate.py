@@ -2,11 +2,17 @@
 
 Evaluation batches come from their own seed stream (never the training batches of the same
 seed) and are the same for every model, so runs compare on the same sequences.
+
+No hidden NaN: an evaluation whose loss or logits are NaN or infinite is *non-finite*. It keeps
+its loss but has no accuracy (``None``): NaN logits argmax to token 0, which would otherwise
+count as predictions. :func:`json_safe` writes such losses as the strings ``"nan"``, ``"inf"``,
+``"-inf"``, so every JSON document stays valid JSON.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +23,7 @@ from titans.model import TitansLM
 from titans.tasks.base import IGNORE_INDEX, Task
 from titans.tasks.needle import NeedleInHaystack
 
-__all__ = ["eval_generator", "evaluate", "evaluate_task"]
+__all__ = ["eval_generator", "evaluate", "evaluate_task", "json_safe"]
 
 _EVAL_STREAM = 0x5EED_0000_0000
 
@@ -31,19 +37,37 @@ def _autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` (nested dicts, lists, tuples, numbers) with every NaN or infinite float replaced by
+    the string ``"nan"``, ``"inf"`` or ``"-inf"``: ``json.dumps(..., allow_nan=False)`` accepts it
+    and ``float()`` reads the strings back."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 @torch.no_grad()
 def evaluate_task(
     model: TitansLM, task: Task, *, seq_len: int, batches: int, batch_size: int, seed: int
-) -> dict[str, float]:
-    """``{"loss", "accuracy"}`` of ``model`` on ``batches`` evaluation batches of ``task``
-    (``batch_size`` sequences of ``seq_len`` tokens): the mean loss over scored positions and
-    the share of scored positions predicted right."""
+) -> dict[str, Any]:
+    """``{"loss", "accuracy", "finite"}`` of ``model`` on ``batches`` evaluation batches of
+    ``task`` (``batch_size`` sequences of ``seq_len`` tokens): the mean loss over scored
+    positions and the share of scored positions predicted right.
+
+    ``finite`` is False when the loss or any logit is NaN or infinite; ``accuracy`` is then
+    ``None`` (a NaN logit argmaxes to token 0, which is no prediction) and ``loss`` is the
+    non-finite value."""
     if batches < 1:
         raise ValueError(f"evaluate_task: batches must be >= 1, got {batches}")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     loss_sum, correct, total = 0.0, 0, 0
+    finite_logits = True
     try:
         for index in range(batches):
             input_ids, labels = task.batch(eval_generator(seed, index), batch_size, seq_len)
@@ -51,6 +75,7 @@ def evaluate_task(
             with _autocast(device):
                 logits = model(input_ids).logits
             logits = logits.float()
+            finite_logits = finite_logits and bool(torch.isfinite(logits).all())
             scored = labels != IGNORE_INDEX
             loss_sum += float(F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
                                               reduction="sum"))
@@ -60,7 +85,9 @@ def evaluate_task(
         model.train(was_training)
     if total == 0:
         raise ValueError(f"evaluate_task: task {task.name!r} scored no position")
-    return {"loss": loss_sum / total, "accuracy": correct / total}
+    loss = loss_sum / total
+    finite = finite_logits and math.isfinite(loss)
+    return {"loss": loss, "accuracy": correct / total if finite else None, "finite": finite}
 
 
 def evaluate(
@@ -73,8 +100,10 @@ def evaluate(
     batch_size: int = 8,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """One row ``{"task", "length", "loss", "accuracy"}`` per length; for the needle task one
-    row per (length, depth) with a ``"depth"`` key (``depths`` default ``0, 0.25, ..., 1``).
+    """One row ``{"task", "length", "loss", "accuracy", "finite"}`` per length; for the needle
+    task one row per (length, depth) with a ``"depth"`` key (``depths`` default
+    ``0, 0.25, ..., 1``). A non-finite row has ``"finite": False`` and ``"accuracy": None``
+    (see :func:`evaluate_task`); write rows as JSON through :func:`json_safe`.
 
     Raises ``ValueError`` for an empty or non-positive list of lengths, or depths given for a
     task that has none."""

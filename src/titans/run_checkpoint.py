@@ -30,7 +30,7 @@ import torch
 from titans.checkpoint import CONFIG_NAME, load_pretrained, save_pretrained
 from titans.model import TitansLM
 
-__all__ = ["latest_checkpoint", "load_training_state", "save_training_checkpoint"]
+__all__ = ["checkpoint_note", "latest_checkpoint", "load_training_state", "save_training_checkpoint"]
 
 LATEST = "LATEST"
 OPTIMIZER_NAME = "optimizer.pt"
@@ -91,6 +91,16 @@ def latest_checkpoint(path: str | os.PathLike[str]) -> Path:
     if not (target / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{pointer} points at {target}, which holds no checkpoint")
     return target
+
+
+def checkpoint_note(out_dir: str | os.PathLike[str], *, resume_hint: str = "") -> str:
+    """What a stopped run leaves to resume from, for a message: ``"the last checkpoint,
+    OUT/checkpoint-..., is intact"`` followed by ``resume_hint``, or, when there is none,
+    ``"no checkpoint was written to OUT"`` (without the hint: there is nothing to resume)."""
+    try:
+        return f"the last checkpoint, {latest_checkpoint(out_dir)}, is intact{resume_hint}"
+    except FileNotFoundError:
+        return f"no checkpoint was written to {out_dir}"
 
 
 def load_training_state(

@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from titans.config import TitansConfig
-from titans.evaluate import evaluate_task
+from titans.evaluate import evaluate_task, json_safe
 from titans.model import TitansLM
 from titans.run_checkpoint import (
+    checkpoint_note,
     latest_checkpoint,
     load_training_state,
     save_training_checkpoint,
@@ -145,8 +146,8 @@ def _replica_spread(model: torch.nn.Module) -> float:
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as handle:
-        handle.write(json.dumps(record, sort_keys=True) + "\n")
+    with path.open("a") as handle:  # json_safe: a non-finite evaluation's loss as "nan", not bare NaN
+        handle.write(json.dumps(json_safe(record), sort_keys=True, allow_nan=False) + "\n")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -203,7 +204,9 @@ def train(
         progress: called with each train record every ``log_every`` steps and each eval record.
 
     Each step appends ``{"kind": "train", "step", "loss", "accuracy", "lr", "tokens_per_s"}`` to
-    ``metrics.jsonl``; evaluations append ``{"kind": "eval", "step", "loss", "accuracy"}``.
+    ``metrics.jsonl``; evaluations append ``{"kind": "eval", "step", "loss", "accuracy", "finite"}``
+    (a non-finite evaluation: ``"accuracy": null`` and the loss as ``"nan"`` or ``"inf"``; see
+    :mod:`titans.evaluate`).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) it trains with DistributedDataParallel: see the
     module's docstring; ``batch_size`` must be divisible by the number of processes. The
@@ -212,7 +215,8 @@ def train(
 
     Raises:
         FloatingPointError: the training loss became NaN or infinite (before that step's
-            update, so the checkpoints written so far hold finite weights).
+            update, so the checkpoints written so far hold finite weights); the message names
+            the newest checkpoint, or says that none was written.
 
     Returns:
         ``{"step", "loss", "accuracy", "eval", "checkpoint"}`` of the last step.
@@ -322,7 +326,10 @@ def _train(
         record = {"kind": "eval", "step": step, **result}  # every rank evaluates its identical replica
         if lead:
             _append(metrics, record)
-        logger.info("eval step %d: loss %.4f accuracy %.3f", step, result["loss"], result["accuracy"])
+        if result["finite"]:
+            logger.info("eval step %d: loss %.4f accuracy %.3f", step, result["loss"], result["accuracy"])
+        else:
+            logger.warning("eval step %d: the evaluation is non-finite (loss %s); no accuracy", step, result["loss"])
         if progress is not None:
             progress(record)
         return record
@@ -349,8 +356,8 @@ def _train(
             accuracy = task.accuracy(output.logits.detach().float(), labels)
         if not math.isfinite(loss):  # every rank sees the same (all-reduced) loss and stops together
             raise FloatingPointError(
-                f"train: the loss is {loss} at step {step + 1}; the weights were not updated and the last "
-                f"checkpoint in {out} is intact (a memory's inner updates can diverge: lower the learning-rate "
+                f"train: the loss is {loss} at step {step + 1}; the weights were not updated and "
+                f"{checkpoint_note(out)} (a memory's inner updates can diverge: lower the learning-rate "
                 "gate, the chunk size or the momentum, or the outer learning rate)"
             )
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.clip)
