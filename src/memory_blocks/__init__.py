@@ -14,10 +14,12 @@ from memory_blocks.neural_memory import NeuralMemory, NeuralMemoryState
 from memory_blocks.objectives import OBJECTIVES, DotProduct, Huber, LpError, Objective, SquaredError
 from memory_blocks.optimizers import OPTIMIZERS, GradientDescent, InnerOptimizer, Momentum
 from memory_blocks.persistent import PersistentMemory
+from memory_blocks.step_scale import STEP_SCALES, LiteralStep, NormalizedStep, StepScale
 
 __all__ = [
     "OBJECTIVES",
     "OPTIMIZERS",
+    "STEP_SCALES",
     "CausalDepthwiseConv",
     "ConstantGate",
     "DotProduct",
@@ -29,6 +31,7 @@ __all__ = [
     "KVCache",
     "LearnedGate",
     "LinearMemory",
+    "LiteralStep",
     "LpError",
     "MLPMemory",
     "MemoryModel",
@@ -37,6 +40,7 @@ __all__ = [
     "Momentum",
     "NeuralMemory",
     "NeuralMemoryState",
+    "NormalizedStep",
     "Objective",
     "PersistentMemory",
     "RMSNorm",
@@ -44,6 +48,7 @@ __all__ = [
     "SegmentAttention",
     "SlidingWindowAttention",
     "SquaredError",
+    "StepScale",
     "SwiGLU",
     "memorize",
     "memorize_naive",

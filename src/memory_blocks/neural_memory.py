@@ -21,7 +21,9 @@ from memory_blocks.layers.norm import RMSNorm
 from memory_blocks.memories.base import MemoryModel
 from memory_blocks.memories.mlp import MLPMemory
 from memory_blocks.objectives import Objective, SquaredError
+from memory_blocks.functional.validate import check_forget_target
 from memory_blocks.optimizers import OPTIMIZERS, InnerOptimizer
+from memory_blocks.step_scale import STEP_SCALES, StepScale
 
 __all__ = ["NeuralMemory", "NeuralMemoryState"]
 
@@ -79,7 +81,9 @@ class NeuralMemory(nn.Module):
         x --W_qkv--> conv (causal, depthwise) --SiLU--> q, k, v per head
         q, k --l2 normalise-->
         theta(x), eta(x), alpha(x)  (gates, per head and token)
-        y = memorize(memory, q, k, v, theta, eta, alpha)   # write k->v, read q (eqs. 12-16)
+        theta' = step_scale(theta, eta)             # normalised step (default; "literal": eq. 13)
+        y = memorize(memory, q, k, v, theta', eta, alpha, forget_target)
+                                                    # write k->v, read q (eqs. 12-16)
         y --RMSNorm--> * sigmoid(W_g x) --W_o--> out
 
     Args:
@@ -94,11 +98,19 @@ class NeuralMemory(nn.Module):
         optimizer: :class:`Momentum` (default, eq. 13) or :class:`GradientDescent`, or their
             names ``"momentum"`` / ``"gd"``.
         lr_gate: ``theta``: a :class:`Gate`, a float (constant), or ``"learned"`` (default:
-            ``LearnedGate(init=lr_init, max_value=lr_max)``). The inner loss sums over features,
-            so the stable step size depends on the memory model, its width and the chunk size
-            (docs/guides/stability.md).
+            ``LearnedGate(init=lr_init, max_value=lr_max)``), in the units of ``step_scale``.
         lr_init, lr_max: the learned ``theta``'s value at initialisation and its ceiling
-            (default 0.01 and 0.1; ``0 < lr_init < lr_max``); used when ``lr_gate="learned"``.
+            (``0 < lr_init < lr_max``; default: the step scale's own, 0.3 and 1 for
+            :class:`NormalizedStep`, 0.01 and 0.1 for :class:`LiteralStep`); used when
+            ``lr_gate="learned"``.
+        step_scale: how ``theta`` becomes the step of eq. 13: :class:`NormalizedStep`
+            (default: ``theta (1 - eta) / (C lambda_0)``, stable for every memory model and
+            chunk size at ``theta <= 1``) or :class:`LiteralStep` (the paper's eq. 13), or their
+            names ``"normalized"`` / ``"literal"``.
+        forget_target: where the forgetting ``alpha`` pulls the fast weights: ``"init"``
+            (default: towards ``W_0``, which keeps a LayerNorm memory out of its explosive
+            region) or ``"zero"`` (eq. 14 as written). docs/guides/stability.md has the
+            measurements behind both defaults.
         momentum_gate: ``eta``: as above (default learned, init 0.9); must be left at its
             default with gradient descent.
         decay_gate: ``alpha``: as above (default learned, init 0.01), or ``None`` for no
@@ -132,8 +144,8 @@ class NeuralMemory(nn.Module):
         objective: Objective | None = None,
         optimizer: InnerOptimizer | str = "momentum",
         lr_gate: Gate | float | str = _LEARNED,
-        lr_init: float = 0.01,
-        lr_max: float = 0.1,
+        lr_init: float | None = None,
+        lr_max: float | None = None,
         momentum_gate: Gate | float | str | None = _LEARNED,
         decay_gate: Gate | float | str | None = _LEARNED,
         per_tensor_lr: bool = False,
@@ -144,6 +156,8 @@ class NeuralMemory(nn.Module):
         output_gate: bool = True,
         block_chunks: int = 6,
         checkpoint: bool = False,
+        step_scale: StepScale | str = "normalized",
+        forget_target: str = "init",
     ) -> None:
         super().__init__()
         if dim < 1:
@@ -183,6 +197,20 @@ class NeuralMemory(nn.Module):
                 "NeuralMemory: momentum_gate was given but the optimizer "
                 f"{type(optimizer).__name__} uses no momentum"
             )
+        if isinstance(step_scale, str):
+            if step_scale not in STEP_SCALES:
+                raise ValueError(
+                    f"NeuralMemory: unknown step_scale {step_scale!r}; choose one of {sorted(STEP_SCALES)}"
+                )
+            step_scale = STEP_SCALES[step_scale]()
+        if not isinstance(step_scale, StepScale):
+            raise ValueError(
+                f"NeuralMemory: step_scale must be a StepScale or one of {sorted(STEP_SCALES)}, "
+                f"got {type(step_scale).__name__}"
+            )
+        check_forget_target("NeuralMemory", forget_target)
+        lr_init = step_scale.lr_init if lr_init is None else lr_init
+        lr_max = step_scale.lr_max if lr_max is None else lr_max
         if conv_kernel is not None and conv_kernel < 0:
             raise ValueError(f"NeuralMemory: conv_kernel must be >= 0 or None, got {conv_kernel}")
 
@@ -190,6 +218,7 @@ class NeuralMemory(nn.Module):
         self.memory = memory
         self.objective = objective if objective is not None else SquaredError()
         self.optimizer = optimizer
+        self.step_scale, self.forget_target = step_scale, forget_target
         self.qkv_silu, self.qk_norm = qkv_silu, qk_norm
         self.block_chunks, self.checkpoint = block_chunks, checkpoint
         inner = heads * dim_head
@@ -287,13 +316,16 @@ class NeuralMemory(nn.Module):
         eta = None if self.momentum_gate is None else self.momentum_gate(x)
         alpha = None if self.decay_gate is None else self.decay_gate(x)
         with _inner_precision(x) as cast:
+            eta = cast(eta)
+            lr = self.step_scale(cast(lr), eta, chunk_size=self.chunk_size, memory=self.memory)
             y, mem = memorize(
-                self.memory, cast(q), cast(k), cast(v), cast(lr), cast(eta), cast(alpha),
+                self.memory, cast(q), cast(k), cast(v), lr, eta, cast(alpha),
                 chunk_size=self.chunk_size,
                 state=None if state is None else state.memory,
                 objective=self.objective,
                 block_chunks=self.block_chunks,
                 checkpoint=self.checkpoint,
+                forget_target=self.forget_target,
             )
         return self._output(x, y), NeuralMemoryState(mem, conv)
 
@@ -321,5 +353,6 @@ class NeuralMemory(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, chunk_size={self.chunk_size}, "
-            f"optimizer={type(self.optimizer).__name__}, objective={self.objective}"
+            f"optimizer={type(self.optimizer).__name__}, objective={self.objective}, "
+            f"step_scale={self.step_scale}, forget_target={self.forget_target!r}"
         )

@@ -67,6 +67,8 @@ def build_memory(config: TitansConfig) -> NeuralMemory:
         conv_kernel=config.conv_kernel or None,
         block_chunks=config.memory_block_chunks,
         checkpoint=config.memory_checkpoint,
+        step_scale=registry.STEP_SCALES.get(config.step_scale, "TitansConfig.step_scale")(),
+        forget_target=config.forget_target,
     )
 
 

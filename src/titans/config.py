@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from memory_blocks.functional.validate import FORGET_TARGETS
 from titans import registry
 
 __all__ = ["PRESETS", "TitansConfig"]
@@ -49,7 +50,13 @@ class TitansConfig:
         lr_gate, momentum_gate, decay_gate: ``theta``, ``eta``, ``alpha`` (eqs. 13-14):
             ``"learned"``, a float (constant), or ``None`` (momentum and decay only: off).
         lr_gate_init, lr_gate_max: the learned ``theta``'s value at initialisation and its
-            ceiling (``0 < init < max``); see docs/guides/stability.md for choosing them.
+            ceiling (``0 < init < max``; ``None``: the step scale's own, 0.3 and 1 for
+            ``"normalized"``, 0.01 and 0.1 for ``"literal"``); docs/guides/stability.md.
+        step_scale: a name in ``registry.STEP_SCALES``: ``"normalized"`` (default,
+            ``theta (1 - eta) / (C lambda_0)``, a documented deviation that keeps the update
+            stable) or ``"literal"`` (eq. 13 as written).
+        forget_target: ``"init"`` (default: forgetting pulls towards ``W_0``) or ``"zero"``
+            (eq. 14 as written).
         per_tensor_lr: a learned step size per fast-weight tensor.
         chunk_size: tokens that share the chunk-start weights (eq. 16).
         conv_kernel: taps of the causal convolution after q, k, v (0: none).
@@ -92,8 +99,10 @@ class TitansConfig:
     lr_gate: str | float | None = "learned"
     momentum_gate: str | float | None = "learned"
     decay_gate: str | float | None = "learned"
-    lr_gate_init: float = 0.01
-    lr_gate_max: float = 0.1
+    lr_gate_init: float | None = None
+    lr_gate_max: float | None = None
+    step_scale: str = "normalized"
+    forget_target: str = "init"
     per_tensor_lr: bool = False
     chunk_size: int = 16
     conv_kernel: int = 4
@@ -237,13 +246,20 @@ def _validate(cfg: TitansConfig) -> None:
     except TypeError as err:
         raise ValueError(f"TitansConfig.objective_kwargs: {cfg.objective!r} rejects {cfg.objective_kwargs}: {err}") from err
     _gate(cfg, "lr_gate", allow_none=False)
+    step_scale = registry.STEP_SCALES.get(cfg.step_scale, "TitansConfig.step_scale")
+    if cfg.forget_target not in FORGET_TARGETS:
+        raise ValueError(f"TitansConfig.forget_target: must be one of {FORGET_TARGETS}, got {cfg.forget_target!r}")
     for name in ("lr_gate_init", "lr_gate_max"):
         value = getattr(cfg, name)
+        if value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"TitansConfig.{name}: must be a finite number > 0, got {value!r}")
-    if not cfg.lr_gate_init < cfg.lr_gate_max:
+            raise ValueError(f"TitansConfig.{name}: must be a finite number > 0 or None, got {value!r}")
+    lr_init = step_scale.lr_init if cfg.lr_gate_init is None else cfg.lr_gate_init
+    lr_max = step_scale.lr_max if cfg.lr_gate_max is None else cfg.lr_gate_max
+    if not lr_init < lr_max:
         raise ValueError(
-            f"TitansConfig.lr_gate_init: must be below lr_gate_max={cfg.lr_gate_max}, got {cfg.lr_gate_init}"
+            f"TitansConfig.lr_gate_init: must be below lr_gate_max={lr_max}, got {lr_init}"
         )
     _gate(cfg, "momentum_gate", allow_none=True)
     _gate(cfg, "decay_gate", allow_none=True)

@@ -26,6 +26,7 @@ from memory_blocks.memories import GatedMLPMemory, LinearMemory, MemoryModel, ML
 from memory_blocks.memories.activations import ACTIVATIONS as _ACTIVATIONS
 from memory_blocks.objectives import OBJECTIVES as _OBJECTIVES
 from memory_blocks.optimizers import OPTIMIZERS as _OPTIMIZERS
+from memory_blocks.step_scale import STEP_SCALES as _STEP_SCALES
 
 from titans.gating import NormalizedGate, ProductGate, SigmoidGate
 
@@ -36,6 +37,7 @@ __all__ = [
     "MEMORY_MODELS",
     "OBJECTIVES",
     "OPTIMIZERS",
+    "STEP_SCALES",
     "VARIANTS",
     "Registry",
 ]
@@ -106,6 +108,8 @@ MEMORY_MODELS: Registry[MemoryBuilder] = Registry(
 OBJECTIVES: Registry[type] = Registry("objective", dict(_OBJECTIVES))
 #: Inner optimizers by name (classes from :mod:`memory_blocks.optimizers`).
 OPTIMIZERS: Registry[type] = Registry("optimizer", dict(_OPTIMIZERS))
+#: Step scales by name: how theta becomes the step of eq. 13 (:mod:`memory_blocks.step_scale`).
+STEP_SCALES: Registry[type] = Registry("step scale", dict(_STEP_SCALES))
 #: Gate kinds a config may name by string; a float means a constant gate.
 MEMORY_GATES: Registry[str] = Registry("gate", {"learned": "learned"})
 #: Attention/memory combinations by name (classes from :mod:`titans.gating`).

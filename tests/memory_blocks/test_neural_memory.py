@@ -19,7 +19,6 @@ from memory_blocks import (
     MLPMemory,
     ModuleMemory,
     NeuralMemory,
-    memorize_naive,
 )
 
 
@@ -71,18 +70,6 @@ def test_token_by_token_and_causality(device: torch.device) -> None:
     y2, _ = layer(x2)
     torch.testing.assert_close(y2[:, :6], y_full[:, :6], rtol=0, atol=1e-12)
     assert not torch.allclose(y2[:, 6:], y_full[:, 6:])
-
-
-def test_layer_uses_memorize_exactly() -> None:
-    """The layer's memory output is memorize of its projections: check against the naive loop."""
-    layer = _layer()
-    x = torch.randn(2, 7, 16, dtype=torch.float64)
-    q, k, v, _ = layer._qkv(x, None)
-    y_ref, _ = memorize_naive(
-        layer.memory, q, k, v, layer.lr_gate(x), layer.momentum_gate(x), layer.decay_gate(x), chunk_size=3
-    )
-    y, _ = layer(x)
-    torch.testing.assert_close(y, layer._output(x, y_ref), rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("memory", ["mlp", "linear", "gated", "module"])

@@ -173,7 +173,7 @@ def test_the_example_file_and_the_docs_copy_are_the_same_valid_spec() -> None:
 
 def test_a_diverging_run_is_recorded_and_the_ablation_goes_on(tmp_path: Path) -> None:
     # a constant inner learning rate of 1000 makes every token multiply the memory by ~2000: overflow
-    runs = [{"name": "explodes", "variant": "lmm", "lr_gate": 1000.0, "chunk_size": 1}, {"name": "swa", "variant": "swa"}]
+    runs = [{"name": "explodes", "variant": "lmm", "lr_gate": 1000.0, "chunk_size": 1, "step_scale": "literal"}, {"name": "swa", "variant": "swa"}]
     spec = parse_spec(spec_document(runs=runs))
     results = run_ablation(spec, tmp_path)
     bad, good = results

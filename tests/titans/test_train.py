@@ -92,7 +92,7 @@ def test_a_checkpoint_saved_before_a_task_option_existed_still_resumes(tmp_path:
 
 def test_train_stops_before_the_update_when_the_loss_is_not_finite(tmp_path: Path) -> None:
     config = TrainConfig(steps=3, checkpoint_every=1, **FAST)
-    exploding = tiny("lmm", lr_gate=1000.0, chunk_size=1, memory_model="linear")
+    exploding = tiny("lmm", lr_gate=1000.0, chunk_size=1, memory_model="linear", step_scale="literal")
     with pytest.raises(FloatingPointError, match="loss is (nan|inf) at step 1"):
         train(exploding, config, MQAR(num_pairs=2), tmp_path / "bad")
     assert not any((tmp_path / "bad").glob("checkpoint-*"))

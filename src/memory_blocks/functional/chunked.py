@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from memory_blocks.functional.anchored import Anchored, from_displacement, to_displacement
 from memory_blocks.functional.block import factored_block
 from memory_blocks.functional.generic import generic_chunk
 from memory_blocks.functional.fused import fused_block
@@ -37,7 +38,7 @@ from memory_blocks.functional.losses import is_squared_error, squared_error
 from memory_blocks.functional.recompute import recompute_block
 from memory_blocks.functional.recurrence import ChunkCoefficients, chunk_coefficients
 from memory_blocks.functional.state import MemoryState
-from memory_blocks.functional.validate import check_memorize_args
+from memory_blocks.functional.validate import check_forget_target, check_memorize_args
 
 __all__ = ["memorize"]
 
@@ -57,6 +58,7 @@ def memorize(
     block_chunks: int = 4,
     checkpoint: bool = False,
     keep_every: int = 4,
+    forget_target: str = "zero",
 ) -> tuple[Float[Tensor, "batch heads seq dim_out"], MemoryState]:
     """Write ``(k_t, v_t)`` into the memory and read ``q_t``: the fast parallel form.
 
@@ -85,6 +87,8 @@ def memorize(
         keep_every: with ``checkpoint``, one block in every ``keep_every`` (0: none) keeps its
             recorded graph instead of being recomputed: a trade of memory for time that stays
             the same fraction at every length. Does not change the result.
+        forget_target: ``"zero"`` (eq. 14) or ``"init"``: forget towards the memory's initial
+            weights ``W_0`` (:mod:`memory_blocks.functional.anchored`).
 
     Returns:
         ``y`` of shape ``(batch, heads, seq, dim_out)`` and the new :class:`MemoryState`.
@@ -94,9 +98,16 @@ def memorize(
         raise ValueError(f"memorize: block_chunks must be an integer >= 1, got {block_chunks!r}")
     if isinstance(keep_every, bool) or not isinstance(keep_every, int) or keep_every < 0:
         raise ValueError(f"memorize: keep_every must be an integer >= 0, got {keep_every!r}")
+    check_forget_target("memorize", forget_target)
     batch, heads, seq, _ = k.shape
     if state is None:
         state = memory.init_state(batch, heads)
+    base = None
+    if forget_target == "init" and decay is not None:
+        # The literal recurrence on D = W - W_0, read through f(W_0 + D; x).
+        base = memory.initial_weights()
+        memory = Anchored(memory, base)
+        state = to_displacement(state, base)
     if isinstance(lr, dict):
         lr_keys = {n: n for n in lr_map}
         lr_tensors = dict(lr_map)
@@ -113,9 +124,11 @@ def memorize(
     spec = memory.fused_spec() if memory.factored and is_squared_error(objective) else None
 
     def reference(
-        qq: Tensor, kk: Tensor, vv: Tensor, cc: ChunkCoefficients, ww: dict[str, Tensor], mm: dict[str, Tensor]
+        qq: Tensor, kk: Tensor, vv: Tensor, cc: ChunkCoefficients, ww: dict[str, Tensor], mm: dict[str, Tensor],
+        bb: dict[str, Tensor] | None,
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
-        y, w, m, _ = factored_block(memory, objective, lr_keys, chunk_size, ww, ww, mm, qq, kk, vv, cc, True, False)
+        mem = memory if bb is None else Anchored(memory.memory, bb)
+        y, w, m, _ = factored_block(mem, objective, lr_keys, chunk_size, ww, ww, mm, qq, kk, vv, cc, True, False)
         return y, w, m
 
     weights, mom = dict(state.weights), dict(state.momentum)
@@ -138,7 +151,8 @@ def memorize(
             # MLP-family memory, squared error, a block from one chunk boundary to another:
             # the hand-written block (one autograd node).
             y, weights, mom = fused_block(
-                spec, lr_keys, chunk_size, weights, mom, qi, ki, vi, coef, keep=keep, reference=reference
+                spec, lr_keys, chunk_size, weights, mom, qi, ki, vi, coef, keep=keep, reference=reference,
+                base=base,
             )
         elif create_graph and not args[-1]:
             # Every block that ends at a chunk boundary goes through recompute_block: recomputed
@@ -150,6 +164,8 @@ def memorize(
         ys.append(y)
     new_state = MemoryState(weights, mom, last_anchor if ends_mid_chunk else None,
                             (state.offset + seq) % chunk_size)
+    if base is not None:
+        new_state = from_displacement(new_state, base)
     return torch.cat(ys, dim=2), new_state
 
 

@@ -231,10 +231,15 @@ class _Block:
     # ----------------------------------------------------------------------------- reads
     @staticmethod
     def _read(
-        x: Tensor, w: Tensor, s: Tensor | None, p: _Point, xs: Tensor, ds: Tensor, transposed: bool = False
+        x: Tensor, w: Tensor, s: Tensor | None, p: _Point, xs: Tensor, ds: Tensor, transposed: bool = False,
+        base: Tensor | None = None,
     ) -> Tensor:
         """``x P^T`` for the weights ``P`` at point ``p`` (``xs``, ``ds``: factor rows), or
-        ``x P`` when ``transposed`` (the inner backward through a layer)."""
+        ``x P`` when ``transposed`` (the inner backward through a layer); with ``base`` (``W_0``,
+        the weights are displacements from it) ``x (W_0 + P)^T`` or ``x (W_0 + P)``."""
+        if base is not None:
+            z = _Block._read(x, w, s, p, xs, ds, transposed)
+            return z + x @ (base if transposed else base.mT)
         if transposed:
             w, s, xs, ds = w.mT, None if s is None else s.mT, ds, xs
         z = _scaled(x, p.b) @ w.mT
@@ -246,6 +251,29 @@ class _Block:
         return z
 
     def _read_back(
+        self,
+        g: Tensor,
+        x: Tensor,
+        name: str,
+        w: Tensor,
+        s: Tensor | None,
+        p: _Point,
+        xs: Tensor,
+        ds: Tensor,
+        acc: dict[str, Any],
+        transposed: bool,
+        row0: int,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        base = acc["base"].get(name)
+        gx, gb, gc, ga = self._read_back_start(g, x, name, w, s, p, xs, ds, acc, transposed, row0)
+        if base is not None:
+            # z += x W_0^T (or x W_0): its gradients, summed over every row of the block
+            gx = gx + (g @ base.mT if transposed else g @ base)
+            left, right = (g, x) if not transposed else (x, g)
+            acc["gbase"][name] = acc["gbase"][name].addmm(left.flatten(0, 1).mT, right.flatten(0, 1))
+        return gx, gb, gc, ga
+
+    def _read_back_start(
         self,
         g: Tensor,
         x: Tensor,
@@ -300,6 +328,7 @@ class _Block:
         q, k, v = parts["q"], parts["k"], parts["v"]
         beta, gamma, mix = parts["beta"], parts["gamma"], parts["mix"]
         weights, momentum = parts["weights"], parts["momentum"]
+        base = parts["base"]
         spec = self.spec
         names, L = spec.matrices, len(spec.matrices)
         n_rows, m = k.shape[0], k.shape[1]
@@ -329,7 +358,7 @@ class _Block:
             for i, nm in enumerate(names):
                 if i > 0:
                     xs[nm][:, s0:e0] = h
-                z = self._read(h, mats[nm], moms[nm], p[nm], xs[nm], ds[nm])
+                z = self._read(h, mats[nm], moms[nm], p[nm], xs[nm], ds[nm], base=base.get(nm))
                 if i < L - 1:
                     pre[i][:, s0:e0] = z
                     h = self.act.forward(z)
@@ -338,7 +367,7 @@ class _Block:
             if gain is not None:
                 nrm, rs = _layer_norm(h)
                 gp = self._gain_at(weights[gain], momentum.get(gain) if self.has_momentum else None,
-                                   p[gain], dg)
+                                   p[gain], dg, base.get(gain))
                 gains_at.append(gp)
                 err = 2 * (kk + nrm * gp - vv)
                 dg[:, s0:e0] = err * nrm
@@ -350,7 +379,8 @@ class _Block:
                 nm = names[i]
                 ds[nm][:, s0:e0] = delta
                 if i > 0:
-                    back = self._read(delta, mats[nm], moms[nm], p[nm], xs[nm], ds[nm], transposed=True)
+                    back = self._read(delta, mats[nm], moms[nm], p[nm], xs[nm], ds[nm], transposed=True,
+                                      base=base.get(nm))
                     da[i - 1][:, s0:e0] = back
                     delta = self.act.backward(back, pre[i - 1][:, s0:e0])
         saved["gains_at"] = gains_at
@@ -359,7 +389,7 @@ class _Block:
         h = q
         ret_pre: list[Tensor] = []
         for i, nm in enumerate(names):
-            z = self._read(h, mats[nm], moms[nm], full[nm], xs[nm], ds[nm])
+            z = self._read(h, mats[nm], moms[nm], full[nm], xs[nm], ds[nm], base=base.get(nm))
             if i < L - 1:
                 ret_pre.append(z)
                 h = self.act.forward(z)
@@ -369,7 +399,7 @@ class _Block:
         if gain is not None:
             nrm, rs = _layer_norm(h)
             g_t = self._gain_at(weights[gain], momentum.get(gain) if self.has_momentum else None,
-                                full[gain], saved["dg"])
+                                full[gain], saved["dg"], base.get(gain))
             saved["ret_norm"], saved["ret_rstd"] = nrm, rs
             y = q + nrm * g_t
         else:
@@ -398,9 +428,12 @@ class _Block:
         return {nm: _Point(b, c, a, a.shape[-1]) for nm, a in mix.items()}
 
     @staticmethod
-    def _gain_at(g: Tensor, sg: Tensor | None, p: _Point, dg: Tensor) -> Tensor:
-        """The LayerNorm gain at point ``p``: ``(N, rows, dim)``."""
+    def _gain_at(g: Tensor, sg: Tensor | None, p: _Point, dg: Tensor, base: Tensor | None = None) -> Tensor:
+        """The LayerNorm gain at point ``p``: ``(N, rows, dim)`` (plus ``base``, ``W_0``'s gain,
+        when the weights are displacements from it)."""
         out = g.unsqueeze(1) if p.b is None else p.b * g.unsqueeze(1)
+        if base is not None:
+            out = out + base
         if sg is not None and p.c is not None:
             out = out + p.c * sg.unsqueeze(1)
         if p.a is not None:
@@ -448,6 +481,7 @@ class _Block:
         q, k, v = inputs["q"], inputs["k"], inputs["v"]
         beta, gamma, mix = inputs["beta"], inputs["gamma"], inputs["mix"]
         weights, momentum = inputs["weights"], inputs["momentum"]
+        base = inputs["base"]
         m = k.shape[1]
         mats = {nm: weights[nm] for nm in names}
         moms = {nm: momentum[nm] for nm in names} if self.has_momentum else {nm: None for nm in names}
@@ -461,6 +495,8 @@ class _Block:
             },
             "gx": {nm: torch.zeros_like(xs[nm]) for nm in names},
             "gd": {nm: torch.zeros_like(ds[nm]) for nm in names},
+            "base": {nm: b for nm, b in base.items() if nm in names},
+            "gbase": {nm: torch.zeros_like(b) for nm, b in base.items()},
         }
         g_beta = None if beta is None else torch.zeros_like(beta)
         g_gamma = None if gamma is None else torch.zeros_like(gamma)
@@ -524,14 +560,14 @@ class _Block:
             if gain is not None:
                 nrm, rs = saved["ret_norm"], saved["ret_rstd"]
                 g_t = self._gain_at(weights[gain], momentum.get(gain) if self.has_momentum else None,
-                                    full[gain], saved["dg"])
+                                    full[gain], saved["dg"], base.get(gain))
                 g_q += g_y
                 g_gt = g_y * nrm  # (N, M, D)
                 g_n = g_y * g_t
                 g_h = rs * _project(g_n, nrm)
                 self._gain_back(g_gt, weights[gain], momentum.get(gain) if self.has_momentum else None,
                                 full[gain], saved["dg"], g_dg, g_beta, g_gamma, g_mix[gain], g_vec, g_vec_mom,
-                                gain, per_row=True)
+                                gain, per_row=True, g_base=acc["gbase"])
             ret_in = [q] + [self.act.forward(z) for z in saved["ret_pre"]]
             for i in range(L - 1, -1, -1):
                 nm = names[i]
@@ -599,7 +635,7 @@ class _Block:
                 g_zl = rs * _project(g_n, nrm) - g_rs * rs * rs * nrm / d
                 self._gain_back(g_gp, weights[gain], momentum.get(gain) if self.has_momentum else None,
                                 p[gain], saved["dg"], g_dg, g_beta, g_gamma, g_mix[gain], g_vec, g_vec_mom,
-                                gain, per_row=False, s0=s0)
+                                gain, per_row=False, s0=s0, g_base=acc["gbase"])
             else:
                 g_zl = 2 * gd_running
                 g_v[:, sl] -= 2 * gd_running
@@ -630,7 +666,7 @@ class _Block:
                 out_s[gain] = _plus(gain_base_s, g_vec_mom.get(gain))
         return {
             "q": g_q, "k": g_k, "v": g_v, "beta": g_beta, "gamma": g_gamma, "mix": g_mix,
-            "decay": g_decay, "mmix": g_mmix, "weights": out_w, "momentum": out_s,
+            "decay": g_decay, "mmix": g_mmix, "weights": out_w, "momentum": out_s, "base": acc["gbase"],
         }
 
     @staticmethod
@@ -652,8 +688,11 @@ class _Block:
         self, g_out: Tensor, g: Tensor, sg: Tensor | None, p: _Point, dg: Tensor, g_dg: Tensor,
         g_beta: Tensor | None, g_gamma: Tensor | None, g_mix: Tensor,
         g_vec: dict[str, Tensor], g_vec_mom: dict[str, Tensor], name: str, *, per_row: bool, s0: int = 0,
+        g_base: dict[str, Tensor],
     ) -> None:
         """Backward of ``gain_at`` (``g_out``: ``(N, rows, dim)``)."""
+        if name in g_base:
+            g_base[name] += g_out.sum((0, 1))
         if p.b is None:
             gg = g_out.sum(1)
         else:
@@ -713,9 +752,13 @@ class _Fused(torch.autograd.Function):
         if torch.is_grad_enabled():
             # A recorded backward: differentiate the general path on the same inputs, so that
             # the gradients stay connected to the graph that produced those inputs.
+            # Aliases: a gradient with respect to an input must count only its direct uses here,
+            # not the paths through another input that depends on it (W_0 reaches the block both
+            # as the forgetting's target and through the displaced start weights).
+            inputs = [t.view_as(t) if t.requires_grad else t for t in tensors]
             with torch.enable_grad():
-                outs = ctx.reference(*tensors)
-            result, _ = input_gradients(outs, grads, tensors, create_graph=True)
+                outs = ctx.reference(*inputs)
+            result, _ = input_gradients(outs, grads, inputs, create_graph=True)
             return (None, None, None, None, *result)
         block, layout = ctx.block, ctx.layout
         parts = layout.unpack(tensors)
@@ -732,13 +775,15 @@ class _Layout:
     """Where each input of the block sits in the flat tensor list, and the shapes to restore."""
 
     def __init__(self, names: list[str], lr_keys: dict[str, str], coef: ChunkCoefficients,
-                 has_momentum: bool, lead: tuple[int, int]) -> None:
+                 has_momentum: bool, lead: tuple[int, int], has_base: bool) -> None:
         self.names, self.lr_keys, self.has_momentum, self.lead = names, lr_keys, has_momentum, lead
+        self.has_base = has_base
         self.has_beta = coef.beta is not None
         self.keys = list(coef.mix)
 
     def pack_inputs(self, q: Tensor, k: Tensor, v: Tensor, coef: ChunkCoefficients,
-                    weights: dict[str, Tensor], momentum: dict[str, Tensor]) -> list[Tensor]:
+                    weights: dict[str, Tensor], momentum: dict[str, Tensor],
+                    base: dict[str, Tensor] | None) -> list[Tensor]:
         out = [q, k, v]
         if self.has_beta:
             out.append(coef.beta)
@@ -751,6 +796,8 @@ class _Layout:
         out += [weights[n] for n in self.names]
         if self.has_momentum:
             out += [momentum[n] for n in self.names]
+        if base is not None:
+            out += [base[n] for n in self.names]
         return out
 
     def structured(self, tensors: tuple[Tensor, ...] | list[Tensor]) -> dict[str, Any]:
@@ -763,6 +810,7 @@ class _Layout:
         out["mmix"] = {key: next(it) for key in self.keys} if self.has_momentum else {}
         out["weights"] = {n: next(it) for n in self.names}
         out["momentum"] = {n: next(it) for n in self.names} if self.has_momentum else {}
+        out["base"] = {n: next(it) for n in self.names} if self.has_base else {}
         return out
 
     def unpack(self, tensors: tuple[Tensor, ...]) -> dict[str, Any]:
@@ -777,6 +825,7 @@ class _Layout:
         }
         flat["weights"] = {n: _flat(w, w.ndim - 2) for n, w in st["weights"].items()}
         flat["momentum"] = {n: _flat(s, s.ndim - 2) for n, s in st["momentum"].items()}
+        flat["base"] = st["base"]  # W_0: parameter shapes, shared by every row
         return flat
 
     def pack_outputs(self, y: Tensor, new_w: dict[str, Tensor], new_m: dict[str, Tensor]) -> tuple[Tensor, ...]:
@@ -825,6 +874,8 @@ class _Layout:
         out += [back(got["weights"][n], st["weights"][n]) for n in self.names]
         if self.has_momentum:
             out += [back(got["momentum"][n], st["momentum"][n]) for n in self.names]
+        if self.has_base:
+            out += [back(got["base"][n], st["base"][n]) for n in self.names]
         return out
 
 
@@ -841,6 +892,7 @@ def fused_block(
     *,
     keep: bool,
     reference: Callable[..., tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]],
+    base: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
     """One block that starts and ends at chunk boundaries, computed by hand (see the module notes).
 
@@ -853,23 +905,25 @@ def fused_block(
         coef: the block's :class:`ChunkCoefficients` over its ``M`` tokens.
         keep: keep the forward's intermediates for the backward pass (else it runs the forward
             again first).
-        reference: ``(q, k, v, coef, weights, momentum) -> (y, weights, momentum)`` by the
+        reference: ``(q, k, v, coef, weights, momentum, base) -> (y, weights, momentum)`` by the
             general path: differentiated instead when the backward pass is recorded.
+        base: ``W_0`` (parameter shapes) when ``weights`` and the results are displacements
+            from it (forgetting towards ``W_0``, :mod:`memory_blocks.functional.anchored`).
 
     Returns:
         The retrievals ``(batch, heads, M, dim)`` and the weights and momentum after the block.
     """
     names = list(weights)
     has_momentum = coef.gamma is not None
-    layout = _Layout(names, lr_keys, coef, has_momentum, (k.shape[0], k.shape[1]))
+    layout = _Layout(names, lr_keys, coef, has_momentum, (k.shape[0], k.shape[1]), base is not None)
     block = _Block(spec, lr_keys, chunk, has_momentum)
-    tensors = layout.pack_inputs(q, k, v, coef, weights, momentum)
+    tensors = layout.pack_inputs(q, k, v, coef, weights, momentum, base)
 
     def ref(*ts: Tensor) -> tuple[Tensor, ...]:
         st = layout.structured(ts)
         c = ChunkCoefficients(st["beta"], st["gamma"], st["mix"], st["decay"], st["mmix"])
         y, w, mo = reference(st["q"], st["k"], st["v"], c, st["weights"],
-                             st["momentum"] if has_momentum else momentum)
+                             st["momentum"] if has_momentum else momentum, st["base"] or None)
         return layout.pack_outputs(y.flatten(0, 1), {n: t.flatten(0, 1) for n, t in w.items()},
                                    {n: t.flatten(0, 1) for n, t in mo.items()})
 

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from memory_blocks.functional.losses import squared_error
 from memory_blocks.functional.state import MemoryState
-from memory_blocks.functional.validate import check_memorize_args
+from memory_blocks.functional.validate import check_forget_target, check_memorize_args
 
 __all__ = ["memorize_naive", "token_gradients"]
 
@@ -55,6 +55,7 @@ def memorize_naive(
     chunk_size: int,
     state: MemoryState | None = None,
     objective: Callable[[Tensor, Tensor], Tensor] = squared_error,
+    forget_target: str = "zero",
 ) -> tuple[Float[Tensor, "batch heads seq dim_out"], MemoryState]:
     """Write ``(k_t, v_t)`` into the memory and read ``q_t``, one token at a time (the oracle).
 
@@ -64,6 +65,11 @@ def memorize_naive(
         S_t = eta_t S_{t-1} - theta_t g_t          (momentum=None: S_t = -theta_t g_t)
         W_t = (1 - alpha_t) W_{t-1} + S_t          (decay=None: alpha_t = 0)
         y_t = f(W_t; q_t)
+
+    With ``forget_target="init"`` the forgetting pulls towards the memory's initial weights
+    ``W_0`` instead of zero: ``W_t = W_0 + (1 - alpha_t) (W_{t-1} - W_0) + S_t`` (a documented
+    deviation from eq. 14 that keeps a LayerNorm memory out of its high-curvature region;
+    docs/guides/stability.md).
 
     Args:
         memory: a memory model (``LinearMemory``, ``MLPMemory``, ... or ``ModuleMemory``).
@@ -76,6 +82,7 @@ def memorize_naive(
         chunk_size: tokens per chunk; gradients inside a chunk use the chunk-start weights.
         state: where a previous call left the memory; ``None`` starts at ``W_0``.
         objective: per-token inner loss ``(pred, target) -> loss``; squared error by default.
+        forget_target: ``"zero"`` (eq. 14) or ``"init"`` (forget towards ``W_0``).
 
     Returns:
         ``y`` of shape ``(batch, heads, seq, dim_out)`` and the new :class:`MemoryState`.
@@ -83,6 +90,8 @@ def memorize_naive(
     lr_map = check_memorize_args(
         "memorize_naive", memory, q, k, v, lr, momentum, decay, chunk_size, state
     )
+    check_forget_target("memorize_naive", forget_target)
+    target = memory.initial_weights() if forget_target == "init" else None
     batch, heads, seq, _ = k.shape
     if state is None:
         state = memory.init_state(batch, heads)
@@ -106,7 +115,12 @@ def memorize_naive(
             else:
                 mom[name] = _per_head(momentum[:, :, t], w) * mom[name] - theta * grads[name]
                 step = mom[name]
-            keep = w if decay is None else (1 - _per_head(decay[:, :, t], w)) * w
+            if decay is None:
+                keep = w
+            elif target is None:
+                keep = (1 - _per_head(decay[:, :, t], w)) * w
+            else:
+                keep = target[name] + (1 - _per_head(decay[:, :, t], w)) * (w - target[name])
             new_weights[name] = keep + step
         weights = new_weights
         ys.append(memory.forward_with(weights, q[:, :, t : t + 1]))

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from memory_blocks.functional.anchored import Anchored
 from memory_blocks.functional.fast_ops import Reader
 from memory_blocks.functional.recurrence import ChunkCoefficients
 from memory_blocks.functional.weight_tape import WeightTape
@@ -130,9 +131,14 @@ def _record(
     tensors: tuple[Tensor, ...],
     fresh: bool = True,
 ) -> tuple[list[Tensor], WeightTape | None, tuple[Tensor, ...]]:
-    """Runs ``run`` recording its graph (on fresh leaves unless ``fresh`` is false; reads of
-    ``taped`` on a weight tape)."""
-    inputs = [t.detach().requires_grad_(t.requires_grad) if fresh else t for t in tensors]
+    """Runs ``run`` recording its graph (on fresh leaves, or with ``fresh`` false on aliases of
+    ``tensors`` that stay connected to their graph; reads of ``taped`` on a weight tape)."""
+    if fresh:
+        inputs = [t.detach().requires_grad_(t.requires_grad) for t in tensors]
+    else:
+        # Aliases, so that an input's gradient counts only its direct uses in this block, not
+        # the paths through another input that depends on it (W_0 with forget_target="init").
+        inputs = [t.view_as(t) if t.requires_grad else t for t in tensors]
     tape = None
     if taped is not None:
         tape = WeightTape([inputs[i] for i in taped if inputs[i].requires_grad])
@@ -168,6 +174,10 @@ def recompute_block(
     slots: list[Tensor | None] = [q, k, v, *_coef_tensors(coef), *weights.values(), *momentum.values()]
     if not same_anchor:
         slots += list(anchor.values())
+    n_weight_slots = len(slots) - 3 - len(_coef_tensors(coef))
+    # A memory seen from W_0 (forget_target="init") reads W_0 too: an input like the others.
+    base_names = list(memory.base) if isinstance(memory, Anchored) else []
+    slots += [memory.base[n] for n in base_names]
     present = [i for i, t in enumerate(slots) if t is not None]
 
     def run(*tensors: Tensor, read: Reader | None = None) -> tuple[Tensor, ...]:
@@ -180,10 +190,13 @@ def recompute_block(
         rest = full[3 + n_coef :]
         w = dict(zip(names, rest[: len(names)]))
         m = dict(zip(names, rest[len(names) : 2 * len(names)]))
-        a = w if same_anchor else dict(zip(names, rest[2 * len(names) :]))
+        a = w if same_anchor else dict(zip(names, rest[2 * len(names) : 3 * len(names)]))
+        mem = memory
+        if base_names:
+            mem = Anchored(memory.memory, dict(zip(base_names, rest[len(rest) - len(base_names) :])))
         extra = {} if read is None else {"read": read}
         y, new_w, new_m, _ = step(
-            memory, objective, lr_keys, chunk, a, w, m, qq, kk, vv, cc, torch.is_grad_enabled(), False,
+            mem, objective, lr_keys, chunk, a, w, m, qq, kk, vv, cc, torch.is_grad_enabled(), False,
             **extra,
         )
         outs = [y, *new_w.values()]
@@ -191,9 +204,10 @@ def recompute_block(
             outs += list(new_m.values())
         return tuple(outs)
 
-    # The weight matrices a factored block reads: every slot after the coefficients.
+    # The weight matrices a factored block reads through ``read``: the slots after the coefficients.
     first_weight = 3 + len(_coef_tensors(coef))
-    taped = [j for j, i in enumerate(present) if i >= first_weight] if memory.factored else None
+    last_weight = first_weight + n_weight_slots
+    taped = [j for j, i in enumerate(present) if first_weight <= i < last_weight] if memory.factored else None
     outs = _Recompute.apply(run, taped, keep, *[slots[i] for i in present])
     y, rest = outs[0], outs[1:]
     new_w = dict(zip(names, rest[: len(names)]))

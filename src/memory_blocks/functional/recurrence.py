@@ -44,7 +44,10 @@ __all__ = [
 def _flush(x: Tensor) -> Tensor:
     """Zero the entries so small that they would turn subnormal in later products."""
     info = torch.finfo(x.dtype)
-    return torch.where(x.abs() < info.eps * info.eps, torch.zeros((), dtype=x.dtype, device=x.device), x)
+    # Exact zeros pass through: a product that is zero because one factor is (alpha = 1,
+    # eta = 0) still has a gradient with respect to that factor.
+    tiny = (x.abs() < info.eps * info.eps) & (x != 0)
+    return torch.where(tiny, torch.zeros((), dtype=x.dtype, device=x.device), x)
 
 
 def segment_products(a: Float[Tensor, "*batch chunk"]) -> Float[Tensor, "*batch chunk chunk"]:

@@ -9,7 +9,17 @@ from torch import Tensor
 
 from memory_blocks.functional.state import MemoryState
 
-__all__ = ["check_memorize_args", "check_state"]
+__all__ = ["FORGET_TARGETS", "check_forget_target", "check_memorize_args", "check_state"]
+
+#: Where the forgetting of eq. 14 pulls the fast weights: ``"zero"`` (the paper) or ``"init"``
+#: (the memory's initial weights ``W_0``).
+FORGET_TARGETS = ("zero", "init")
+
+
+def check_forget_target(fn: str, forget_target: object) -> None:
+    """Refuses a ``forget_target`` that is not one of :data:`FORGET_TARGETS`."""
+    if not isinstance(forget_target, str) or forget_target not in FORGET_TARGETS:
+        raise ValueError(f"{fn}: forget_target must be one of {FORGET_TARGETS}, got {forget_target!r}")
 
 
 def _shape(t: Tensor) -> tuple[int, ...]:

@@ -45,6 +45,16 @@ class MemoryModel(nn.Module):
         """``f(W; x)`` written against ``ops`` (see :mod:`memory_blocks.functional.fast_ops`)."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward_ops")
 
+    def curvature(self) -> float:
+        """``lambda_0``: a scale of the largest eigenvalue of one token's inner-loss Hessian
+        (squared error, eq. 12) at ``W_0`` for unit-norm keys.
+
+        :class:`~memory_blocks.step_scale.NormalizedStep` divides ``theta`` by it, so that one
+        gate range is stable for every memory model. The base class returns 2 (a linear map
+        read with unit-norm keys); deeper models override it.
+        """
+        return 2.0
+
     def fused_spec(self) -> FusedSpec | None:
         """What the hand-written fast path (:mod:`memory_blocks.functional.fused`) needs to
         compute this model, or ``None`` when it cannot (the general factored path is used)."""

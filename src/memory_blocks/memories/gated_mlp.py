@@ -46,5 +46,11 @@ class GatedMLPMemory(MemoryModel):
         h = ops.linear("w_down", h)
         return residual_norm(ops, x, h) if self.residual_norm else h
 
+    def curvature(self) -> float:
+        """``8 hidden`` in the residual-LayerNorm form (power iteration at ``W_0`` measured the
+        largest eigenvalue at up to 17 hidden for dim 16 and 4 hidden for dim 48), else
+        ``4 hidden / dim``."""
+        return 8.0 * self.hidden if self.residual_norm else 4.0 * self.hidden / self.dim_in
+
     def extra_repr(self) -> str:
         return f"dim={self.dim_in}, hidden={self.hidden}, residual_norm={self.residual_norm}"

@@ -43,6 +43,10 @@ class LinearMemory(MemoryModel):
         y = ops.linear("weight", x)
         return y + ops.vector("bias") if self.bias is not None else y
 
+    def curvature(self) -> float:
+        """2 for unit-norm keys (the Hessian is ``2 k k^T``); 4 with a bias (``2 [k; 1] [k; 1]^T``)."""
+        return 4.0 if self.bias is not None else 2.0
+
     def fused_spec(self) -> FusedSpec | None:
         if self.bias is not None or type(self).forward_ops is not LinearMemory.forward_ops:
             return None

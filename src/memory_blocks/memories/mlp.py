@@ -77,6 +77,17 @@ class MLPMemory(MemoryModel):
             h = ops.linear(f"w{i + 1}", h)
         return residual_norm(ops, x, h) if self.residual_norm else h
 
+    def curvature(self) -> float:
+        """``2 hidden (depth - 1)`` in the residual-LayerNorm form (``2 dim`` at depth 1): the
+        LayerNorm divides by the spread of its input, about ``|h| / sqrt(hidden)`` at ``W_0``,
+        so the last layer's curvature is about ``2 hidden``. Without it ``2 hidden / dim``
+        (2 at depth 1). Power iteration at ``W_0`` on random unit keys measured the largest
+        eigenvalue at 100-270 (dim 16, hidden 64) and 300-380 (dim 48, hidden 192) for depth 2,
+        7-10 without the LayerNorm."""
+        if self.residual_norm:
+            return 2.0 * (self.hidden * (self.depth - 1) if self.depth > 1 else self.dim_in)
+        return 2.0 * self.hidden / self.dim_in if self.depth > 1 else 2.0
+
     def fused_spec(self) -> FusedSpec | None:
         if type(self).forward_ops is not MLPMemory.forward_ops or self.activation_name not in ACTIVATIONS:
             return None  # a subclass that changes the forward is not what the fused path computes

@@ -26,18 +26,27 @@ class ModuleMemory(MemoryModel):
         module: the function family; its current parameters are ``W_0``.
         dim_in: features of keys and queries.
         dim_out: features of values and retrievals.
+        curvature: ``lambda_0`` (:meth:`MemoryModel.curvature`), the inner loss's curvature scale
+            at ``W_0`` for unit-norm keys that :class:`~memory_blocks.NormalizedStep` divides
+            ``theta`` by; 2 (a linear map) unless given.
     """
 
     factored: ClassVar[bool] = False
 
-    def __init__(self, module: nn.Module, dim_in: int, dim_out: int) -> None:
+    def __init__(self, module: nn.Module, dim_in: int, dim_out: int, *, curvature: int | float = 2.0) -> None:
         super().__init__()
         if not any(True for _ in module.parameters()):
             raise ValueError("ModuleMemory: the module has no parameters to learn at test time")
         if dim_in < 1 or dim_out < 1:
             raise ValueError(f"ModuleMemory: dim_in and dim_out must be >= 1, got {dim_in}, {dim_out}")
+        if isinstance(curvature, bool) or not isinstance(curvature, (int, float)) or not 0 < curvature < float("inf"):
+            raise ValueError(f"ModuleMemory: curvature must be a finite number > 0, got {curvature!r}")
         self.module = module
         self.dim_in, self.dim_out = dim_in, dim_out
+        self._curvature = float(curvature)
+
+    def curvature(self) -> float:
+        return self._curvature
 
     def initial_weights(self) -> dict[str, Tensor]:
         return dict(self.module.named_parameters())
