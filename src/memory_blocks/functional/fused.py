@@ -151,10 +151,13 @@ class _Rows:
     gradients that arrive from after the block (:meth:`set_bases`).
     """
 
-    def __init__(self, like: Tensor, w: Tensor, rows: int, momentum: bool) -> None:
+    def __init__(self, like: Tensor, w: Tensor, rows: int, momentum: bool, base: bool = False) -> None:
         self.out, self.inn = w.shape[-2], w.shape[-1]
         self.momentum = momentum
-        width = self.out * (2 if momentum else 1)
+        # With a base (W_0, shared by every row: forgetting towards W_0), each read also
+        # contributes g^T x, unscaled, to W_0's gradient: a third block of left factors.
+        self.base_at = self.out * (2 if momentum else 1) if base else None
+        width = self.out * (2 if momentum else 1) + (self.out if base else 0)
         self.left = like.new_empty(like.shape[0], rows, width)
         self.right = like.new_empty(like.shape[0], rows, self.inn)
         self.base: Tensor | None = None
@@ -170,9 +173,11 @@ class _Rows:
             torch.mul(left, b, out=self.left[:, r, :o])
         if self.momentum:
             if c is None:
-                self.left[:, r, o:] = 0
+                self.left[:, r, o : 2 * o] = 0
             else:
-                torch.mul(left, c, out=self.left[:, r, o:])
+                torch.mul(left, c, out=self.left[:, r, o : 2 * o])
+        if self.base_at is not None:
+            self.left[:, r, self.base_at :] = left
         self.right[:, r] = right
 
     def set_bases(
@@ -183,7 +188,7 @@ class _Rows:
         if gw is None and gs is None:
             return
         o = self.out
-        base = self.left.new_empty(self.left.shape[0], self.left.shape[-1], self.inn)
+        base = self.left.new_empty(self.left.shape[0], self.base_at or self.left.shape[-1], self.inn)
         if gw is None:
             base[:, :o].zero_()
         elif b is None:
@@ -199,15 +204,19 @@ class _Rows:
                 base[:, o:].addcmul_(gs, _bcast(decay, gs))
         self.base = base
 
-    def gradients(self) -> tuple[Tensor, Tensor | None]:
-        """``(dW, dS)`` (``dS`` ``None`` without momentum)."""
+    def gradients(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(dW, dS, dW_0)`` (``dS`` ``None`` without momentum, ``dW_0`` without a base)."""
         left, right = self.left[:, self.first :], self.right[:, self.first :]
+        d_base = None
+        if self.base_at is not None:
+            d_base = left[..., self.base_at :].flatten(0, 1).mT @ right.flatten(0, 1)
+            left = left[..., : self.base_at]
         if self.base is None:
             both = left.mT @ right
         else:
             both = self.base.baddbmm_(left.mT, right)
         o = self.out
-        return both[:, :o], (both[:, o:] if self.momentum else None)
+        return both[:, :o], (both[:, o:] if self.momentum else None), d_base
 
 
 def _scaled(x: Tensor, s: Tensor | None) -> Tensor:
@@ -267,10 +276,8 @@ class _Block:
         base = acc["base"].get(name)
         gx, gb, gc, ga = self._read_back_start(g, x, name, w, s, p, xs, ds, acc, transposed, row0)
         if base is not None:
-            # z += x W_0^T (or x W_0): its gradients, summed over every row of the block
+            # z += x W_0^T (or x W_0); W_0's gradient comes from the rows put above (_Rows)
             gx = gx + (g @ base.mT if transposed else g @ base)
-            left, right = (g, x) if not transposed else (x, g)
-            acc["gbase"][name] = acc["gbase"][name].addmm(left.flatten(0, 1).mT, right.flatten(0, 1))
         return gx, gb, gc, ga
 
     def _read_back_start(
@@ -490,13 +497,13 @@ class _Block:
         # every matrix after the first, the inner backward's transposed reads (2M..3M).
         acc: dict[str, Any] = {
             "rows": {
-                nm: _Rows(k, mats[nm], (3 if i > 0 else 2) * m, self.has_momentum)
+                nm: _Rows(k, mats[nm], (3 if i > 0 else 2) * m, self.has_momentum, nm in base)
                 for i, nm in enumerate(names)
             },
             "gx": {nm: torch.zeros_like(xs[nm]) for nm in names},
             "gd": {nm: torch.zeros_like(ds[nm]) for nm in names},
             "base": {nm: b for nm, b in base.items() if nm in names},
-            "gbase": {nm: torch.zeros_like(b) for nm, b in base.items()},
+            "gbase": {nm: torch.zeros_like(b) for nm, b in base.items() if nm not in names},
         }
         g_beta = None if beta is None else torch.zeros_like(beta)
         g_gamma = None if gamma is None else torch.zeros_like(gamma)
@@ -659,7 +666,9 @@ class _Block:
         out_w: dict[str, Tensor | None] = {}
         out_s: dict[str, Tensor | None] = {}
         for nm in names:
-            out_w[nm], out_s[nm] = acc["rows"][nm].gradients()
+            out_w[nm], out_s[nm], d_base = acc["rows"][nm].gradients()
+            if d_base is not None:
+                acc["gbase"][nm] = d_base
         if gain is not None:
             out_w[gain] = _plus(gain_base_w, g_vec.get(gain))
             if self.has_momentum:
