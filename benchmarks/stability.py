@@ -123,7 +123,7 @@ def weights_report(layer_state) -> tuple[float, float, int]:  # noqa: ANN001
 def collapsed(layer: NeuralMemory, layer_state) -> bool:  # noqa: ANN001
     """Did a fast-weight tensor that starts non-zero shrink by more than 1e6?"""
     for name, w0 in layer.memory.initial_weights().items():
-        start = float(w0.abs().max())
+        start = float(w0.detach().abs().max())
         if start > 0 and float(layer_state.memory.weights[name].abs().max()) < 1e-6 * start:
             return True
     return False

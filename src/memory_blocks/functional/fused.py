@@ -273,31 +273,11 @@ class _Block:
         transposed: bool,
         row0: int,
     ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
-        base = acc["base"].get(name)
-        gx, gb, gc, ga = self._read_back_start(g, x, name, w, s, p, xs, ds, acc, transposed, row0)
-        if base is not None:
-            # z += x W_0^T (or x W_0); W_0's gradient comes from the rows put above (_Rows)
-            gx = gx + (g @ base.mT if transposed else g @ base)
-        return gx, gb, gc, ga
-
-    def _read_back_start(
-        self,
-        g: Tensor,
-        x: Tensor,
-        name: str,
-        w: Tensor,
-        s: Tensor | None,
-        p: _Point,
-        xs: Tensor,
-        ds: Tensor,
-        acc: dict[str, Any],
-        transposed: bool,
-        row0: int,
-    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
         """Backward of ``z = read(x)`` (or of ``z = read_t(x)`` when ``transposed``).
 
         Writes the weight gradients' row factors into ``acc["left"]``/``acc["right"]`` from row
-        ``row0`` on (see :class:`_Rows`) and adds the factor-row gradients into
+        ``row0`` on (see :class:`_Rows`; with a base ``W_0`` the read is
+        ``x (W_0 + P)^T`` and its rows count for ``W_0`` too) and adds the factor-row gradients into
         ``acc["gx"]``/``acc["gd"]``; returns ``(grad of x, grad of b, grad of c,
         grad of a)`` (``b``/``c`` gradients summed over features, per row of ``p``)."""
         # Through W (and S): z = b (x W^T) [non-transposed] or z = b (x W) [transposed].
@@ -326,6 +306,10 @@ class _Block:
             gx = torch.baddbmm(gx, gr, inner)
             g_inner[:, : p.s].baddbmm_(gr.mT, x)
             g_outer[:, : p.s].baddbmm_((r * p.a).mT, g, alpha=-1)
+        base = acc["base"].get(name)
+        if base is not None:
+            # z += x W_0^T (or x W_0); W_0's gradient comes from the rows put above (_Rows)
+            gx = gx + (g @ base.mT if transposed else g @ base)
         return gx, gb, gc, ga
 
     # --------------------------------------------------------------------------- forward
