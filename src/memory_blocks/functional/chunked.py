@@ -91,7 +91,8 @@ def memorize(
             weights ``W_0`` (:mod:`memory_blocks.functional.anchored`).
 
     Returns:
-        ``y`` of shape ``(batch, heads, seq, dim_out)`` and the new :class:`MemoryState`.
+        ``y`` of shape ``(batch, heads, seq, dim_out)`` and the new :class:`MemoryState`
+        (its subnormal entries set to zero, :meth:`MemoryState.without_subnormals`).
     """
     lr_map = check_memorize_args("memorize", memory, q, k, v, lr, momentum, decay, chunk_size, state)
     if isinstance(block_chunks, bool) or not isinstance(block_chunks, int) or block_chunks < 1:
@@ -166,7 +167,7 @@ def memorize(
                             (state.offset + seq) % chunk_size)
     if base is not None:
         new_state = from_displacement(new_state, base)
-    return torch.cat(ys, dim=2), new_state
+    return torch.cat(ys, dim=2), new_state.without_subnormals()
 
 
 def _plan(

@@ -85,7 +85,8 @@ def memorize_naive(
         forget_target: ``"zero"`` (eq. 14) or ``"init"`` (forget towards ``W_0``).
 
     Returns:
-        ``y`` of shape ``(batch, heads, seq, dim_out)`` and the new :class:`MemoryState`.
+        ``y`` of shape ``(batch, heads, seq, dim_out)`` and the new :class:`MemoryState`
+        (its subnormal entries set to zero, :meth:`MemoryState.without_subnormals`).
     """
     lr_map = check_memorize_args(
         "memorize_naive", memory, q, k, v, lr, momentum, decay, chunk_size, state
@@ -126,4 +127,4 @@ def memorize_naive(
         ys.append(memory.forward_with(weights, q[:, :, t : t + 1]))
     offset = (state.offset + seq) % chunk_size
     new_state = MemoryState(weights, mom, anchor if offset else None, offset)
-    return torch.cat(ys, dim=2), new_state
+    return torch.cat(ys, dim=2), new_state.without_subnormals()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 __all__ = ["MemoryState"]
@@ -70,10 +71,33 @@ class MemoryState:
     def heads(self) -> int:
         return next(iter(self.weights.values())).shape[1]
 
+    def without_subnormals(self) -> MemoryState:
+        """The same state with every subnormal entry (below the dtype's smallest normal number,
+        e.g. 1.2e-38 in float32) set to zero.
+
+        Entries that small are far below rounding, but a state that keeps them makes every later
+        product with it run on subnormal arithmetic, many times slower on a CPU; entries that are
+        rarely written (a key direction seen once, then forgotten) drift there over long streams.
+        ``memorize`` and ``memorize_naive`` return their states this way.
+        """
+
+        def clean(d: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: _flush_subnormal(v) for k, v in d.items()}
+
+        cw = None if self.chunk_weights is None else clean(self.chunk_weights)
+        return MemoryState(clean(self.weights), clean(self.momentum), cw, self.offset)
+
     def detach(self) -> MemoryState:
         """The same state cut from the autograd graph (truncated backpropagation)."""
         cw = None if self.chunk_weights is None else _detach(self.chunk_weights)
         return MemoryState(_detach(self.weights), _detach(self.momentum), cw, self.offset)
+
+
+def _flush_subnormal(t: Tensor) -> Tensor:
+    if not t.is_floating_point() or 0 in t.stride():
+        return t  # an expanded constant (the initial momentum's zero) stays as it is
+    tiny = torch.finfo(t.dtype).tiny
+    return torch.where(t.abs() < tiny, torch.zeros((), dtype=t.dtype, device=t.device), t)
 
 
 def _detach(d: dict[str, Tensor]) -> dict[str, Tensor]:

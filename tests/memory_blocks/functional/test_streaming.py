@@ -94,3 +94,21 @@ def test_replacing_weights_in_the_state() -> None:
     assert_close(y, y_ref)
     y_orig, _ = memorize(mem, *x.cut(4, 8).args(), chunk_size=4, state=state)
     assert not torch.allclose(y, y_orig)
+
+
+def test_returned_states_hold_no_subnormal_numbers() -> None:
+    """An entry that decays below the smallest normal float comes back as zero, from both forms,
+    so that a long stream never computes on subnormal numbers."""
+    mem = make_memory("linear", 4, 0, dtype=torch.float32)
+    x = make_inputs(0, 1, 1, 8, 4, edges=False)
+    args = [t.float() for t in x.args()]
+    args[3] = torch.zeros_like(args[3])  # no writes: the start weights only decay
+    args[5] = torch.full_like(args[5], 0.5)
+    tiny = torch.finfo(torch.float32).tiny
+    start = mem.init_state(1, 1)
+    state = dataclasses.replace(start, weights={"weight": torch.full((1, 1, 4, 4), tiny * 16)})
+    for fn in (memorize, memorize_naive):
+        _, out = fn(mem, *args, chunk_size=4, state=state)
+        assert (out.weights["weight"] == 0).all()  # tiny * 16 * 0.5**8 is subnormal: flushed
+        _, kept = fn(mem, *args[:5], None, chunk_size=4, state=state)  # no decay: kept as it is
+        assert (kept.weights["weight"] == tiny * 16).all()
