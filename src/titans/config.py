@@ -183,10 +183,18 @@ class TitansConfig:
 
     @classmethod
     def from_json(cls, text: str) -> TitansConfig:
+        """The inverse of :meth:`to_json`. A document without ``step_scale`` was written before
+        the stabilising rules existed, so it gets the literal update (``step_scale="literal"``,
+        ``forget_target="zero"``) that its model was trained with."""
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("format") != _FORMAT or "config" not in data:
             raise ValueError(f"TitansConfig.from_json: not a {_FORMAT!r} document")
-        return cls.from_dict(data["config"])
+        config = data["config"]
+        if isinstance(config, dict) and "step_scale" not in config:
+            # Written before the stabilising rules existed (2026-11-30): the model it describes
+            # (a checkpoint's) was trained with the paper's literal update.
+            config = {**config, "step_scale": "literal", "forget_target": "zero"}
+        return cls.from_dict(config)
 
 
 def _int(cfg: TitansConfig, name: str, low: int, *, optional: bool = False) -> None:

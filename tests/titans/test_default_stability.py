@@ -29,3 +29,17 @@ def test_default_config_is_finite_beyond_a_thousand_tokens(variant: str, preset:
         with torch.no_grad():
             logits = model(_ids(kind, config.vocab_size, 1024)).logits
         assert torch.isfinite(logits).all(), (variant, preset, kind)
+
+
+def test_a_config_document_from_before_the_rules_keeps_the_literal_update() -> None:
+    """A checkpoint's config written before step_scale existed describes a model trained with
+    the literal update: loading it must not switch that model to the new rules."""
+    import json
+
+    config = TitansConfig(variant="mag")
+    old = json.loads(config.to_json())
+    for field in ("step_scale", "forget_target"):
+        del old["config"][field]
+    loaded = TitansConfig.from_json(json.dumps(old))
+    assert (loaded.step_scale, loaded.forget_target) == ("literal", "zero")
+    assert TitansConfig.from_json(config.to_json()) == config  # a current document round-trips
