@@ -42,6 +42,8 @@ def worker(device: str, backend: str, seq: int, repeats: int, grad: bool) -> dic
         for _ in range(3)
     )
 
+    finite = [True]
+
     def run() -> None:
         if backend == "causal_sdpa":
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -49,6 +51,10 @@ def worker(device: str, backend: str, seq: int, repeats: int, grad: bool) -> dic
             out = sliding_window_attention(q, k, v, window=WINDOW, backend=backend)
         if grad:
             out.sum().backward()
+        ok = bool(torch.isfinite(out).all()) and all(
+            t.grad is None or bool(torch.isfinite(t.grad).all()) for t in (q, k, v)
+        )
+        finite[0] = finite[0] and ok
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -72,6 +78,7 @@ def worker(device: str, backend: str, seq: int, repeats: int, grad: bool) -> dic
         "backend": backend,
         "best_s": min(times),
         "median_s": statistics.median(times),
+        "finite": finite[0],  # outputs (and gradients) of every timed step
     }
     if dev.type == "cuda":
         result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -109,7 +116,7 @@ def main() -> None:
           f"float32, device {args.device}" + (", 2 threads" if args.device == "cpu" else ""))
     memory = "peak RSS MB" if args.device == "cpu" else "peak alloc MB"
     header = (f"| backend | seq | ms (best) | ms (median) | tokens/s | {memory} | "
-              f"above inputs MB | time / time(2K) |")
+              f"above inputs MB | time / time(2K) | finite |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     best = {}
@@ -120,7 +127,7 @@ def main() -> None:
             ratio = r["best_s"] / best[(backend, LENGTHS[0])]
             print(f"| {backend} | {seq} | {r['best_s'] * 1e3:.1f} | {r['median_s'] * 1e3:.1f} | "
                   f"{seq / r['best_s']:,.0f} | {r['peak_mb']:.0f} | {r['extra_mb']:.0f} | "
-                  f"{ratio:.2f} |", flush=True)
+                  f"{ratio:.2f} | {r['finite']} |", flush=True)
     seq = LENGTHS[-1]
     r = measure(args.device, "causal_sdpa", seq, max(1, min(args.repeats, 3)), args.grad)
     print(f"| dense causal SDPA | {seq} | {r['best_s'] * 1e3:.1f} | {r['median_s'] * 1e3:.1f} | "

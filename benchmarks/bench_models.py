@@ -89,15 +89,21 @@ def worker(task: str, variant: str, size: int, device: str, repeats: int, thread
         ids = torch.randint(0, cfg.vocab_size, (2, size + 1), generator=g).to(dev)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         times = []
+        finite = True
         for i in range(repeats + 1):
             sync()
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            model(ids[:, :-1], labels=ids[:, 1:]).loss.backward()
+            loss = model(ids[:, :-1], labels=ids[:, 1:]).loss
+            loss.backward()
+            finite = finite and bool(torch.isfinite(loss)) and all(
+                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters()
+            )
             opt.step()
             sync()
             if i:
                 times.append(time.perf_counter() - t0)
+        result["finite"] = finite  # loss and gradients of every timed step
         result["tokens_per_s"] = 2 * size / min(times)
         result["median_tokens_per_s"] = 2 * size / statistics.median(times)
     else:
@@ -112,10 +118,13 @@ def worker(task: str, variant: str, size: int, device: str, repeats: int, thread
             out = model(token, state)  # warm-up step
             sync()
             t0 = time.perf_counter()
+            finite = True
             for _ in range(DECODE):
                 out = model(out.logits[:, -1].argmax(-1, keepdim=True), out.state)
+                finite = finite and bool(torch.isfinite(out.logits).all())
             sync()
             result["tokens_per_s"] = DECODE / (time.perf_counter() - t0)
+            result["finite"] = finite  # logits of every decoded token
             result["state_mb"] = state_bytes(out.state) / 2**20
     if dev.type == "cuda":
         result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -153,17 +162,17 @@ def main() -> None:
     memory = "peak RSS MB" if args.device == "cpu" else "peak alloc MB"
     print(f"# dim 128, 2 blocks, 4 heads, vocab 256, float32, {args.device} ({where}); "
           f"train: batch 2 x {args.train_seq}; generate: {DECODE} tokens after the context")
-    header = f"| variant | params | train tok/s | train {memory} |"
+    header = f"| variant | params | train tok/s | train {memory} | train finite |"
     for c in contexts:
-        header += f" gen tok/s @{c} | state MB @{c} | {memory} @{c} |"
+        header += f" gen tok/s @{c} | state MB @{c} | {memory} @{c} | finite @{c} |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for variant in variants:
         t = measure("train", variant, args.train_seq, args)
-        row = f"| {variant} | {t['params']:,} | {t['tokens_per_s']:,.0f} | {t['peak_mb']:.0f} |"
+        row = f"| {variant} | {t['params']:,} | {t['tokens_per_s']:,.0f} | {t['peak_mb']:.0f} | {t['finite']} |"
         for c in contexts:
             g = measure("generate", variant, c, args)
-            row += f" {g['tokens_per_s']:,.1f} | {g['state_mb']:.2f} | {g['peak_mb']:.0f} |"
+            row += f" {g['tokens_per_s']:,.1f} | {g['state_mb']:.2f} | {g['peak_mb']:.0f} | {g['finite']} |"
         print(row, flush=True)
 
 
