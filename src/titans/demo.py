@@ -19,7 +19,9 @@ diverged on the long runs of filler tokens beyond 1,024 tokens. With the stable 
 (normalised step, forgetting towards ``W_0``; docs/guides/stability.md) every chunk size stays
 finite at every length, but the 2-layer MLP memory at chunk 16 reached only 15% recall after
 300 steps in the recall ablation there (the literal update: 5.5%, chance 3.1%), against
-near-perfect recall of the linear memory token by token.
+near-perfect recall of the linear memory token by token. The memory's learned theta starts at
+0.6 (the default step scale's units, ceiling 1; the layer default is 0.3): in the quick demo's
+200 steps the default start reached 75% recall, 0.6 reached 98%.
 
 ``quick=True`` runs the same path with fewer steps and lengths (under two minutes on two
 CPU cores).
@@ -80,7 +82,7 @@ class DemoSettings:
 
 
 _MODEL = dict(vocab_size=64, dim=64, depth=2, heads=2, ffn_hidden=128, chunk_size=1, num_persistent=4,
-              memory_model="linear", segment_len=16, max_seq_len=2048)
+              memory_model="linear", segment_len=16, max_seq_len=2048, lr_gate_init=0.6)
 
 
 def _equal_size_baseline(memory: TitansConfig) -> TitansConfig:
