@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from memory_blocks.functional.validate import FORGET_TARGETS
+from memory_blocks.functional.validate import check_forget_target
 from titans import registry
 
 __all__ = ["PRESETS", "TitansConfig"]
@@ -255,8 +255,7 @@ def _validate(cfg: TitansConfig) -> None:
         raise ValueError(f"TitansConfig.objective_kwargs: {cfg.objective!r} rejects {cfg.objective_kwargs}: {err}") from err
     _gate(cfg, "lr_gate", allow_none=False)
     step_scale = registry.STEP_SCALES.get(cfg.step_scale, "TitansConfig.step_scale")
-    if cfg.forget_target not in FORGET_TARGETS:
-        raise ValueError(f"TitansConfig.forget_target: must be one of {FORGET_TARGETS}, got {cfg.forget_target!r}")
+    check_forget_target("TitansConfig", cfg.forget_target)
     for name in ("lr_gate_init", "lr_gate_max"):
         value = getattr(cfg, name)
         if value is None:

@@ -68,13 +68,21 @@ class Anchored:
         return self.memory.forward_with(self._shift(weights), x)
 
 
+def _shifted(state: MemoryState, base: dict[str, Tensor], sign: int) -> MemoryState:
+    """The state with ``W + sign * W_0`` in place of ``W`` (weights and chunk-start weights)."""
+
+    def shift(d: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {n: w + sign * base[n] for n, w in d.items()}
+
+    cw = None if state.chunk_weights is None else shift(state.chunk_weights)
+    return MemoryState(shift(state.weights), state.momentum, cw, state.offset)
+
+
 def to_displacement(state: MemoryState, base: dict[str, Tensor]) -> MemoryState:
     """The state with ``W - W_0`` in place of ``W`` (weights and chunk-start weights)."""
-    cw = None if state.chunk_weights is None else {n: w - base[n] for n, w in state.chunk_weights.items()}
-    return MemoryState({n: w - base[n] for n, w in state.weights.items()}, state.momentum, cw, state.offset)
+    return _shifted(state, base, -1)
 
 
 def from_displacement(state: MemoryState, base: dict[str, Tensor]) -> MemoryState:
     """The inverse of :func:`to_displacement`."""
-    cw = None if state.chunk_weights is None else {n: d + base[n] for n, d in state.chunk_weights.items()}
-    return MemoryState({n: d + base[n] for n, d in state.weights.items()}, state.momentum, cw, state.offset)
+    return _shifted(state, base, 1)

@@ -156,8 +156,9 @@ class _Rows:
         self.momentum = momentum
         # With a base (W_0, shared by every row: forgetting towards W_0), each read also
         # contributes g^T x, unscaled, to W_0's gradient: a third block of left factors.
-        self.base_at = self.out * (2 if momentum else 1) if base else None
-        width = self.out * (2 if momentum else 1) + (self.out if base else 0)
+        scaled = self.out * (2 if momentum else 1)
+        self.base_at = scaled if base else None
+        width = scaled + (self.out if base else 0)
         self.left = like.new_empty(like.shape[0], rows, width)
         self.right = like.new_empty(like.shape[0], rows, self.inn)
         self.base: Tensor | None = None
@@ -247,8 +248,7 @@ class _Block:
         ``x P`` when ``transposed`` (the inner backward through a layer); with ``base`` (``W_0``,
         the weights are displacements from it) ``x (W_0 + P)^T`` or ``x (W_0 + P)``."""
         if base is not None:
-            z = _Block._read(x, w, s, p, xs, ds, transposed)
-            return z + x @ (base if transposed else base.mT)
+            base = base if transposed else base.mT  # W_0 is read the way W is
         if transposed:
             w, s, xs, ds = w.mT, None if s is None else s.mT, ds, xs
         z = _scaled(x, p.b) @ w.mT
@@ -257,7 +257,7 @@ class _Block:
         if p.a is not None:
             # z -= ((x inner^T) * a) outer, with (inner, outer) = (xs, ds), or (ds, xs) transposed
             z = torch.baddbmm(z, (x @ xs[:, : p.s].mT) * p.a, ds[:, : p.s], alpha=-1)
-        return z
+        return z if base is None else z + x @ base
 
     def _read_back(
         self,
