@@ -17,6 +17,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from memory_blocks.functional.attention import (
+    MEMORY_VISIBILITIES,
     Backend,
     segment_attention,
     sliding_window_attention,
@@ -206,9 +207,12 @@ class SegmentAttention(nn.Module):
     The persistent tokens, memory tokens and segment tokens share the key/value projections;
     only segment tokens are queries. Rotary positions are local to a segment, laid out as
     ``[persistent 0..P-1 | memory P..P+M-1 | tokens P+M..P+M+S-1]`` (``M`` memory tokens per
-    segment, memory slot ``m`` at ``P + m``), so every segment sees the same geometry. The
-    visibility rules are those of :func:`~memory_blocks.functional.segment_attention`.
-    Parallel only: MAC streams segment by segment.
+    segment, memory slot ``m`` at ``P + m``; ``memory_positions="prefix"``), so every segment
+    sees the same geometry. ``memory_positions="aligned"`` gives memory slot ``m`` the position
+    of segment token ``m`` (``P + M + m``): a token and the retrieval made with its own query
+    sit at relative distance 0. The visibility rules are those of
+    :func:`~memory_blocks.functional.segment_attention`. Parallel only: MAC streams segment by
+    segment.
 
     Args:
         dim: model width.
@@ -216,7 +220,10 @@ class SegmentAttention(nn.Module):
         segment: tokens per segment (>= 1).
         dim_head: features per head, ``dim // heads`` by default.
         memory_per_segment: memory tokens per segment, ``segment`` by default.
-        memory_visibility: ``"causal"`` (slot ``m`` aligned with token ``m``) or ``"all"``.
+        memory_visibility: ``"causal"`` (token ``r`` sees slots ``m <= r``: slot ``m`` aligned
+            with token ``m``), ``"own"`` (token ``r`` sees slot ``r`` only) or ``"all"``.
+        memory_positions: rotary positions of the memory slots, ``"prefix"`` (after the
+            persistent tokens, before the segment) or ``"aligned"`` (slot ``m`` at token ``m``'s).
         rotary: apply rotary position embeddings.
         rotary_base: RoPE frequency base.
         bias: biases in the projections.
@@ -230,7 +237,8 @@ class SegmentAttention(nn.Module):
         segment: int,
         dim_head: int | None = None,
         memory_per_segment: int | None = None,
-        memory_visibility: Literal["causal", "all"] = "causal",
+        memory_visibility: Literal["causal", "own", "all"] = "causal",
+        memory_positions: Literal["prefix", "aligned"] = "prefix",
         rotary: bool = True,
         rotary_base: float = 10000.0,
         bias: bool = False,
@@ -242,19 +250,29 @@ class SegmentAttention(nn.Module):
         per = segment if memory_per_segment is None else memory_per_segment
         if per < 1:
             raise ValueError(f"SegmentAttention: memory_per_segment must be >= 1, got {per}")
-        if memory_visibility not in ("causal", "all"):
+        if memory_visibility not in MEMORY_VISIBILITIES:
             raise ValueError(
-                f"SegmentAttention: memory_visibility must be 'causal' or 'all', "
+                f"SegmentAttention: memory_visibility must be one of {MEMORY_VISIBILITIES}, "
                 f"got {memory_visibility!r}"
             )
-        if memory_visibility == "causal" and per > segment:
+        if memory_visibility != "all" and per > segment:
             raise ValueError(
-                f"SegmentAttention: causal memory aligns slot m with token m, so "
+                f"SegmentAttention: {memory_visibility} memory aligns slot m with token m, so "
+                f"memory_per_segment ({per}) must be <= segment ({segment})"
+            )
+        if memory_positions not in ("prefix", "aligned"):
+            raise ValueError(
+                f"SegmentAttention: memory_positions must be 'prefix' or 'aligned', got {memory_positions!r}"
+            )
+        if memory_positions == "aligned" and per > segment:
+            raise ValueError(
+                f"SegmentAttention: aligned memory positions put slot m at token m, so "
                 f"memory_per_segment ({per}) must be <= segment ({segment})"
             )
         self.dim, self.heads, self.dim_head, self.segment = dim, heads, dim_head, segment
         self.memory_per_segment = per
         self.memory_visibility = memory_visibility
+        self.memory_positions = memory_positions
         self.to_q = nn.Linear(dim, heads * dim_head, bias=bias)
         self.to_kv = nn.Linear(dim, 2 * heads * dim_head, bias=bias)
         self.to_out = nn.Linear(heads * dim_head, dim, bias=bias)
@@ -303,7 +321,8 @@ class SegmentAttention(nn.Module):
         if memory is not None:
             memory_k, memory_v = self._split(self.to_kv(memory)).unbind(0)
             slots = torch.arange(memory.shape[1], device=device) % self.memory_per_segment
-            memory_k = self._rotate(memory_k, slots + num_prefix)
+            shift = num_prefix + (per if self.memory_positions == "aligned" else 0)
+            memory_k = self._rotate(memory_k, slots + shift)
         out = segment_attention(
             q, k, v, segment=self.segment, prefix_k=prefix_k, prefix_v=prefix_v,
             memory_k=memory_k, memory_v=memory_v, memory_per_segment=self.memory_per_segment,
@@ -316,7 +335,8 @@ class SegmentAttention(nn.Module):
         return (
             f"{self.dim}, heads={self.heads}, dim_head={self.dim_head}, segment={self.segment}, "
             f"memory_per_segment={self.memory_per_segment}, "
-            f"memory_visibility={self.memory_visibility!r}, rotary={self.rotary is not None}"
+            f"memory_visibility={self.memory_visibility!r}, memory_positions={self.memory_positions!r}, "
+            f"rotary={self.rotary is not None}"
         )
 
 

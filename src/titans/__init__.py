@@ -17,6 +17,7 @@ from titans.ablation import (
     RunSpec,
     load_spec,
     parse_spec,
+    equal_size_baseline,
     run_ablation,
     run_one,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "build_combine",
     "build_memory",
     "count_parameters",
+    "equal_size_baseline",
     "evaluate",
     "load_pretrained",
     "load_spec",

@@ -41,7 +41,16 @@ from titans.tasks import Task, make_task, task_to_dict
 from titans.tasks.base import check_int
 from titans.train import METRICS_NAME, TrainConfig, train
 
-__all__ = ["AblationSpec", "RunSpec", "load_spec", "metrics_paths", "parse_spec", "run_ablation", "run_one"]
+__all__ = [
+    "AblationSpec",
+    "RunSpec",
+    "equal_size_baseline",
+    "load_spec",
+    "metrics_paths",
+    "parse_spec",
+    "run_ablation",
+    "run_one",
+]
 
 RESULT_NAME = "result.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -77,6 +86,19 @@ class AblationSpec:
     eval_batches: int = 2
     eval_batch_size: int = 8
     eval_seed: int = 0
+
+
+def equal_size_baseline(config: TitansConfig, variant: str = "swa") -> TitansConfig:
+    """``config`` as the attention-only ``variant`` (``"swa"`` or ``"transformer"``), its SwiGLU
+    width (a multiple of 8) chosen so that its parameter count is closest to ``config``'s: a
+    baseline that differs from the memory model by the memory alone, not by size."""
+    if variant not in ("swa", "transformer"):
+        raise ValueError(f"equal_size_baseline: variant must be 'swa' or 'transformer', got {variant!r}")
+    target = count_parameters(config)
+    base = dataclasses.replace(config, variant=variant)
+    return dataclasses.replace(base, ffn_hidden=min(
+        range(8, 16 * config.dim + 1, 8),
+        key=lambda width: abs(count_parameters(dataclasses.replace(base, ffn_hidden=width)) - target)))
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -219,7 +241,7 @@ def run_one(
 
     Returns (and writes to ``out_dir/result.json``) ``{"name", "variant", "parameters",
     "loss", "accuracy", "tokens_per_s", "train_seconds", "eval": [{"length", "loss",
-    "accuracy", "finite"}, ...], "identity"}``: the last training step's loss and accuracy, the
+    "accuracy", "finite"} (and "depth" on the needle task), ...], "identity"}``: the last training step's loss and accuracy, the
     training throughput, and the evaluation at every length of the spec. A run whose loss
     became non-finite is recorded, not raised: ``"diverged"`` holds the message, and its
     loss, accuracy, tokens/s and evaluation values are ``None``. An evaluation that is
@@ -255,7 +277,7 @@ def run_one(
         result.update(
             parameters=count_parameters(run.model), loss=last["loss"], accuracy=last["accuracy"],
             tokens_per_s=last["tokens_per_s"], train_seconds=seconds,
-            eval=[{key: r[key] for key in ("length", "loss", "accuracy", "finite")} for r in rows],
+            eval=[{key: r[key] for key in ("length", "depth", "loss", "accuracy", "finite") if key in r} for r in rows],
             identity=identity,
         )
     result = json_safe(result)  # the same whether fresh or reused from result.json

@@ -115,9 +115,14 @@ def build_mac_block(config: TitansConfig, layer: int) -> MACBlock:
         segment=config.segment_len,
         dim_head=config.resolved_dim_head,
         memory_per_segment=max(tokens, 1),
-        memory_visibility="causal",
+        memory_visibility=config.mac_memory_visibility,
+        memory_positions=config.mac_memory_positions,
         rotary_base=config.rotary_base,
     )
+    retrieve_projection = None
+    if tokens and config.mac_retrieve_query == "separate":
+        retrieve_projection = nn.Linear(config.dim, config.dim, bias=False)
+        nn.init.eye_(retrieve_projection.weight)
     return MACBlock(
         attention=attention,
         memory=build_memory(config) if with_memory else None,
@@ -125,6 +130,8 @@ def build_mac_block(config: TitansConfig, layer: int) -> MACBlock:
         combine=build_combine(config) if with_memory else None,
         norm=_norm(config),
         num_memory_tokens=tokens,
+        write=config.mac_write,
+        retrieve_projection=retrieve_projection,
         **_ffn(config),
     )
 

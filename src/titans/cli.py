@@ -8,7 +8,7 @@
     torchrun --nproc_per_node 2 -m titans train ...   (DistributedDataParallel; see titans.train)
     titans eval --checkpoint runs/mac --task mqar [--lengths 256,1024,4096] [--depths 0,0.5,1]
     titans ablate ablation.json --out runs/ablation      (see titans.ablation for the file)
-    titans demo [--quick] [--out runs/demo]
+    titans demo [--quick] [--variant mag|mac] [--out runs/demo]
 
 Bad input (unknown names, invalid values, missing files) prints one line ``titans: error: ...``
 and exits with status 2; an interrupted run exits with 130 and keeps its last checkpoint. A
@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="memory model vs sliding-window baseline on recall beyond the window")
     de.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
     de.add_argument("--quick", action="store_true", help="fewer steps and lengths (under two minutes)")
+    de.add_argument("--variant", choices=("mag", "mac"), default="mag", help="the memory model (default mag)")
     de.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return parser
 
@@ -298,7 +299,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    settings = DemoSettings.quick(args.variant) if args.quick else DemoSettings(variant=args.variant)
     try:
         summary = run_demo(args.out, settings, progress=_run_progress(args.quiet))
     except KeyboardInterrupt:

@@ -15,13 +15,14 @@ from typing import Any
 
 from memory_blocks.functional.validate import check_forget_target
 from titans import registry
+from titans.blocks.mac import MAC_WRITES
 
 __all__ = ["PRESETS", "TitansConfig"]
 
 #: Variants that carry a neural memory.
 MEMORY_VARIANTS = ("mac", "mag", "mal", "lmm")
 #: The default way each variant merges attention and memory (``combine=None``).
-DEFAULT_COMBINE = {"mac": "product", "mag": "normalized"}
+DEFAULT_COMBINE = {"mac": "normalized", "mag": "normalized"}
 _FORMAT = "titans-config"
 
 
@@ -74,6 +75,16 @@ class TitansConfig:
             (``None``: ``segment_len``); see :class:`~titans.blocks.mac.MACBlock`.
         combine: a name in ``registry.COMBINES`` merging attention and memory (MAC and MAG;
             ``None``: ``"product"`` for MAC, eq. 25, ``"normalized"`` for MAG, eq. 28).
+        mac_write: what MAC's memory writes and reads its output with: ``"attention"`` (the
+            attention output ``y``, eqs. 23-24) or ``"input"`` (the segment's normalised
+            inputs); see :class:`~titans.blocks.mac.MACBlock`.
+        mac_memory_positions: rotary positions of MAC's memory tokens, ``"prefix"`` (before the
+            segment) or ``"aligned"`` (memory token ``j`` at segment token ``j``'s position).
+        mac_memory_visibility: which memory tokens segment token ``r`` sees: ``"causal"`` (those
+            retrieved with the queries of tokens ``<= r``) or ``"own"`` (its own retrieval only).
+        mac_retrieve_query: ``"shared"`` (the retrieval, eq. 21, uses the memory's own query
+            projection) or ``"separate"`` (a learned ``dim x dim`` map, initialised to the
+            identity, before it).
         max_seq_len: the window of the ``transformer`` baseline (its full context).
         rotary_base: RoPE base; attention_backend: kernel of sliding-window attention.
     """
@@ -115,6 +126,10 @@ class TitansConfig:
     num_persistent: int = 4
     num_memory_tokens: int | None = None
     combine: str | None = None
+    mac_write: str = "input"
+    mac_memory_positions: str = "prefix"
+    mac_memory_visibility: str = "causal"
+    mac_retrieve_query: str = "shared"
     max_seq_len: int = 4096
     rotary_base: float = 10000.0
     attention_backend: str = "blocked"
@@ -185,7 +200,9 @@ class TitansConfig:
     def from_json(cls, text: str) -> TitansConfig:
         """The inverse of :meth:`to_json`. A document without ``step_scale`` was written before
         the stabilising rules existed, so it gets the literal update (``step_scale="literal"``,
-        ``forget_target="zero"``) that its model was trained with."""
+        ``forget_target="zero"``) that its model was trained with; one without ``mac_write``
+        predates MAC's current defaults, so it gets ``mac_write="attention"`` and (a MAC with
+        the default combine) ``combine="product"``."""
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("format") != _FORMAT or "config" not in data:
             raise ValueError(f"TitansConfig.from_json: not a {_FORMAT!r} document")
@@ -194,6 +211,12 @@ class TitansConfig:
             # Written before the stabilising rules existed (2026-11-30): the model it describes
             # (a checkpoint's) was trained with the paper's literal update.
             config = {**config, "step_scale": "literal", "forget_target": "zero"}
+        if isinstance(config, dict) and "mac_write" not in config:
+            # Written before MAC's defaults were chosen by the ablation (docs/guides/mac_ablation.md):
+            # its MAC wrote the attention output and combined with the product (eq. 25).
+            config = {**config, "mac_write": "attention"}
+            if config.get("variant") == "mac" and config.get("combine") is None:
+                config["combine"] = "product"
         return cls.from_dict(config)
 
 
@@ -274,6 +297,10 @@ def _validate(cfg: TitansConfig) -> None:
         raise ValueError(f"TitansConfig.momentum_gate: the optimizer {cfg.optimizer!r} uses no momentum")
     if cfg.combine is not None:
         registry.COMBINES.get(cfg.combine, "TitansConfig.combine")
+    for name, choices in (("mac_write", MAC_WRITES), ("mac_memory_positions", ("prefix", "aligned")),
+                          ("mac_memory_visibility", ("causal", "own")), ("mac_retrieve_query", ("shared", "separate"))):
+        if getattr(cfg, name) not in choices:
+            raise ValueError(f"TitansConfig.{name}: must be one of {choices}, got {getattr(cfg, name)!r}")
     if cfg.attention_backend not in ("blocked", "sdpa", "dense", "flex"):
         raise ValueError(
             f"TitansConfig.attention_backend: must be 'blocked', 'sdpa', 'dense' or 'flex', got {cfg.attention_backend!r}"

@@ -23,28 +23,36 @@ near-perfect recall of the linear memory token by token. The memory's learned th
 0.6 (the default step scale's units, ceiling 1; the layer default is 0.3): in the quick demo's
 200 steps the default start reached 75% recall, 0.6 reached 98%.
 
+``variant="mac"`` (``titans demo --variant mac``) trains MAC at its defaults as the memory model
+instead, against the same baseline (docs/guides/mac_ablation.md has its figures).
+
 ``quick=True`` runs the same path with fewer steps and lengths (under two minutes on two
-CPU cores).
+CPU cores for MAG).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from titans.ablation import AblationSpec, RunSpec, metrics_paths, run_ablation
+from titans.ablation import AblationSpec, RunSpec, equal_size_baseline, metrics_paths, run_ablation
 from titans.config import TitansConfig
-from titans.model import count_parameters
 from titans.report import accuracy_at, diverged_lengths, markdown_table, plot_results
 from titans.tasks import MQAR
 from titans.tasks.base import check_int
 from titans.train import TrainConfig
 
-__all__ = ["CLEAR_MARGIN", "DemoSettings", "demo_spec", "run_demo"]
+__all__ = ["CLEAR_MARGIN", "DEMO_VARIANTS", "DemoSettings", "demo_spec", "run_demo"]
+
+#: The memory variants the demo trains, and how its report describes their blocks.
+DEMO_VARIANTS = {
+    "mag": "MAG blocks: sliding-window attention (window {window}) and a neural memory in parallel, merged by a gate.",
+    "mac": ("MAC blocks: segments of {window} tokens attend to the memory's retrievals and to themselves; "
+            "the memory's output then gates the attention output."),
+}
 
 #: The recall margin (memory minus baseline) the report calls a clear win.
 CLEAR_MARGIN = 0.2
@@ -60,6 +68,8 @@ class DemoSettings:
         num_pairs: key-value pairs per sequence.
         window: sliding-window size of the baseline (and of any attention in the memory model).
         seed: model initialisation and data.
+        variant: the memory model, ``"mag"`` (default) or ``"mac"``; the baseline is the same
+            ``swa`` either way.
     """
 
     steps: int = 400
@@ -68,13 +78,16 @@ class DemoSettings:
     window: int = 16
     eval_batches: int = 4
     seed: int = 0
+    variant: str = "mag"
 
     @classmethod
-    def quick(cls) -> DemoSettings:
-        return cls(steps=200, lengths=(128, 1024), eval_batches=2)
+    def quick(cls, variant: str = "mag") -> DemoSettings:
+        return cls(steps=200, lengths=(128, 1024), eval_batches=2, variant=variant)
 
     def __post_init__(self) -> None:
         check_int("DemoSettings", "steps", self.steps, 1)
+        if self.variant not in DEMO_VARIANTS:
+            raise ValueError(f"DemoSettings.variant: must be one of {tuple(DEMO_VARIANTS)}, got {self.variant!r}")
         if not self.lengths or any(not isinstance(n, int) or n < 4 * self.num_pairs for n in self.lengths):
             raise ValueError(
                 f"DemoSettings.lengths: must be integers >= 4 * num_pairs = {4 * self.num_pairs}, got {self.lengths!r}"
@@ -85,25 +98,16 @@ _MODEL = dict(vocab_size=64, dim=64, depth=2, heads=2, ffn_hidden=128, chunk_siz
               memory_model="linear", segment_len=16, max_seq_len=2048, lr_gate_init=0.6)
 
 
-def _equal_size_baseline(memory: TitansConfig) -> TitansConfig:
-    """The ``swa`` model whose SwiGLU width makes its parameter count closest to ``memory``'s."""
-    target = count_parameters(memory)
-    base = dataclasses.replace(memory, variant="swa")
-    best = min(range(16, 4 * memory.dim * 4 + 1, 8),
-               key=lambda width: abs(count_parameters(dataclasses.replace(base, ffn_hidden=width)) - target))
-    return dataclasses.replace(base, ffn_hidden=best)
-
-
 def demo_spec(settings: DemoSettings) -> AblationSpec:
     """The demo as an ablation: the memory model and its equal-size ``swa`` baseline."""
     train_len = settings.lengths[0]
-    memory = TitansConfig(variant="mag", window=settings.window, **_MODEL)
-    baseline = _equal_size_baseline(memory)
+    memory = TitansConfig(variant=settings.variant, window=settings.window, **_MODEL)
+    baseline = equal_size_baseline(memory)
     task = MQAR(vocab_size=memory.vocab_size, num_pairs=settings.num_pairs, queries_at_end=True)
     train = TrainConfig(steps=settings.steps, batch_size=16, seq_len=train_len, lr=1e-2,
                         warmup=max(1, settings.steps // 10), log_every=25, seed=settings.seed)
     return AblationSpec(task=task, train=train, lengths=tuple(settings.lengths),
-                        runs=(RunSpec("memory-mag", memory), RunSpec("baseline-swa", baseline)),
+                        runs=(RunSpec(f"memory-{settings.variant}", memory), RunSpec("baseline-swa", baseline)),
                         eval_batches=settings.eval_batches, eval_batch_size=16, eval_seed=settings.seed)
 
 
@@ -167,9 +171,9 @@ def _report(spec: AblationSpec, results: list[dict[str, Any]], seconds: float, p
         f"sequences of {train_len} tokens, the same data and evaluation sequences "
         f"({spec.eval_batches} x {spec.eval_batch_size} sequences per length).",
         "",
-        f"- **{memory['name']}**: {memory['parameters']:,} parameters; MAG blocks: sliding-window attention "
-        f"(window {window}) and a neural memory (linear, momentum and forgetting, eqs. 13-14, chunk size "
-        f"{spec.runs[0].model.chunk_size}) merged by a gate.",
+        f"- **{memory['name']}**: {memory['parameters']:,} parameters; "
+        + DEMO_VARIANTS[spec.runs[0].model.variant].format(window=window)
+        + f" The memory is linear, with momentum and forgetting (eqs. 13-14), chunk size {spec.runs[0].model.chunk_size}.",
         f"- **{baseline['name']}**: {baseline['parameters']:,} parameters; sliding-window attention, window "
         f"{window} (receptive field of its {spec.runs[1].model.depth} blocks: "
         f"{spec.runs[1].model.depth * (window - 1) + 1} tokens), SwiGLU widened to match the size.",

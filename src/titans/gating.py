@@ -2,7 +2,8 @@
 
 - MAC (paper eq. 25): ``o = y (x) M*(y)``; :class:`ProductGate` takes ``(x)`` literally.
 - MAG (eq. 28): ``o = y (x) M(x~)`` where ``(x)`` is "normalise both with learnable
-  vector-valued weights, then a non-linearity"; :class:`NormalizedGate`.
+  vector-valued weights, then a non-linearity"; :class:`NormalizedGate`. Also MAC's default:
+  with the plain product MAC learned recall slowly or not at all (docs/guides/mac_ablation.md).
 - :class:`SigmoidGate`: ``y * sigmoid(m)``, a parameter-free middle ground.
 
 Every gate has the constructor ``(dim, *, eps)`` and ``forward(y, m) -> o`` on

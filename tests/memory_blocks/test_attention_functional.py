@@ -54,12 +54,13 @@ def swa_reference(q, k, v, window, num_prefix, scale=None):
     return out
 
 
-def segment_reference(q, k, v, segment, pk, pv, mk, mv, per, causal, scale=None):
+def segment_reference(q, k, v, segment, pk, pv, mk, mv, per, visibility, scale=None):
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     out = torch.empty_like(q)
     for t in range(q.shape[2]):
         n, r = divmod(t, segment)
-        mem = [u for u in range(mk.shape[2]) if u // per == n and (not causal or u % per <= r)]
+        shown = {"all": lambda m: True, "causal": lambda m: m <= r, "own": lambda m: m == r}[visibility]
+        mem = [u for u in range(mk.shape[2]) if u // per == n and shown(u % per)]
         own = [j for j in range(n * segment, t + 1)]
         keys = torch.cat([pk, mk[:, :, mem], k[:, :, own]], dim=2)
         values = torch.cat([pv, mv[:, :, mem], v[:, :, own]], dim=2)
@@ -198,14 +199,14 @@ def test_decode_with_bounded_context_equals_parallel(device, seq, window, num_pr
     num_prefix=st.integers(0, 3),
     per=st.integers(1, 9),
     memory_mode=st.sampled_from(["none", "full", "short_last"]),
-    causal=st.booleans(),
+    visibility=st.sampled_from(["causal", "own", "all"]),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_segment_attention_equals_reference(
-    device, sizes, segment, num_prefix, per, memory_mode, causal, seed
+    device, sizes, segment, num_prefix, per, memory_mode, visibility, seed
 ):
     batch, heads, seq, dh = sizes
-    if causal:
+    if visibility != "all":
         per = min(per, segment)
     segments = -(-seq // segment)
     num_memory = {"none": 0, "full": segments * per, "short_last": (segments - 1) * per + 1}
@@ -219,9 +220,9 @@ def test_segment_attention_equals_reference(
         q, k, v, segment=segment,
         prefix_k=pk if num_prefix else None, prefix_v=pv if num_prefix else None,
         memory_k=mk if num_memory else None, memory_v=mv if num_memory else None,
-        memory_per_segment=per, memory_visibility="causal" if causal else "all",
+        memory_per_segment=per, memory_visibility=visibility,
     )
-    ref = segment_reference(q, k, v, segment, pk, pv, mk, mv, per, causal)
+    ref = segment_reference(q, k, v, segment, pk, pv, mk, mv, per, visibility)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
 

@@ -146,13 +146,18 @@ def segment_oracle(attn: SegmentAttention, x, memory, persistent):
         k, v = (split(t) for t in attn.to_kv(ctx).chunk(2, dim=-1))
         if attn.rotary is not None:
             q = attn.rotary(q, offset=P + M)
-            k = attn.rotary(k)
+            positions = torch.arange(P + M + S, device=x.device)
+            if attn.memory_positions == "aligned":  # slot m at token m's position
+                positions[P : P + M] += M
+            k = attn.rotary(k, positions=positions)
         r = torch.arange(S, device=x.device)[:, None]
         c = torch.arange(P + M + S, device=x.device)[None, :]
         slot = c - P
         mem_ok = (slot >= 0) & (slot < mem_real)
         if attn.memory_visibility == "causal":
             mem_ok = mem_ok & (slot <= r)
+        elif attn.memory_visibility == "own":
+            mem_ok = mem_ok & (slot == r)
         mask = (c < P) | ((slot < M) & mem_ok) | ((c >= P + M) & (c - P - M <= r))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         outs.append(attn.to_out(out.transpose(1, 2).reshape(batch, S, heads * dh)))
@@ -165,16 +170,18 @@ def segment_oracle(attn: SegmentAttention, x, memory, persistent):
     segment=st.integers(1, 6),
     num_persistent=st.integers(0, 3),
     use_memory=st.booleans(),
-    causal=st.booleans(),
+    visibility=st.sampled_from(["causal", "own", "all"]),
     rotary=st.booleans(),
+    aligned=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_segment_attention_module_equals_per_segment_oracle(
-    device, seq, segment, num_persistent, use_memory, causal, rotary, seed
+    device, seq, segment, num_persistent, use_memory, visibility, rotary, aligned, seed
 ):
     dim = 8
     attn = build(SegmentAttention, seed, device, dim, 2, segment=segment,
-                 memory_visibility="causal" if causal else "all", rotary=rotary)
+                 memory_visibility=visibility, rotary=rotary,
+                 memory_positions="aligned" if aligned else "prefix")
     x = randn(seed, 2, seq, dim, device=device)
     memory = randn(seed + 1, 2, seq, dim, device=device) if use_memory else None
     persistent = randn(seed + 2, 2, num_persistent, dim, device=device) if num_persistent else None
@@ -204,6 +211,11 @@ def test_segment_attention_validates():
         SegmentAttention(8, 2, segment=2, memory_per_segment=3)
     with pytest.raises(ValueError, match="memory_visibility"):
         plain_init(SegmentAttention, 8, 2, segment=2, memory_visibility="some")
+    with pytest.raises(ValueError, match="memory_positions must be 'prefix' or 'aligned'"):
+        plain_init(SegmentAttention, 8, 2, segment=2, memory_positions="middle")
+    with pytest.raises(ValueError, match="aligned memory positions"):
+        plain_init(SegmentAttention, 8, 2, segment=2, memory_per_segment=3, memory_visibility="all",
+                   memory_positions="aligned")
     # jaxtyping catches the batch mismatch first in these tests; the plain forward raises.
     attn = SegmentAttention(8, 2, segment=2)
     forward = inspect.unwrap(SegmentAttention.forward)

@@ -45,6 +45,11 @@ def small_configs(draw: st.DrawFn, variant: str) -> dict:
         segment_len=segment,
         num_persistent=draw(st.integers(0, 2)),
         num_memory_tokens=draw(st.integers(0, segment)),
+        combine=draw(st.sampled_from([None, "product", "sigmoid", "normalized"])) if variant in ("mac", "mag") else None,
+        mac_write=draw(st.sampled_from(["attention", "input"])),
+        mac_memory_positions=draw(st.sampled_from(["prefix", "aligned"])),
+        mac_memory_visibility=draw(st.sampled_from(["causal", "own"])),
+        mac_retrieve_query=draw(st.sampled_from(["shared", "separate"])),
         max_seq_len=64,
     )
 

@@ -194,3 +194,13 @@ def test_titans_train_stops_with_one_line_when_the_loss_diverges(
                    "--lr-gate", "1000", "--chunk-size", "1", "--batch-size", "2", "--seq-len", "32", "-q"])
     err = capsys.readouterr().err
     assert status == 1 and err.startswith("titans: error: train: the loss is") and err.count("\n") == 1, err
+
+
+def test_a_needle_ablation_keeps_each_depth_in_its_result(tmp_path: Path) -> None:
+    document = spec_document(task="needle", task_args={}, runs=[{"name": "swa", "variant": "swa"}],
+                             eval={"lengths": [16], "batches": 1, "batch_size": 2})
+    [result] = run_ablation(parse_spec(document), tmp_path)
+    assert [(row["length"], row["depth"]) for row in result["eval"]] == [
+        (16, 0.0), (16, 0.25), (16, 0.5), (16, 0.75), (16, 1.0)
+    ]
+    assert all(0.0 <= row["accuracy"] <= 1.0 for row in result["eval"])

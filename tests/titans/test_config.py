@@ -38,6 +38,10 @@ from tests.titans.helpers import VARIANTS
         (dict(objective="huber", objective_kwargs={"p": 3.0}), "objective_kwargs"),
         (dict(optimizer="gd", momentum_gate=0.9), "momentum_gate"),
         (dict(attention_backend="cuda"), "attention_backend"),
+        (dict(mac_write="output"), "mac_write"),
+        (dict(mac_memory_positions="suffix"), "mac_memory_positions"),
+        (dict(mac_memory_visibility="all"), "mac_memory_visibility"),
+        (dict(mac_retrieve_query="learned"), "mac_retrieve_query"),
     ],
 )
 def test_invalid_configs_name_the_field(fields, field):
@@ -93,7 +97,8 @@ def _expected_mac_parameters(c: TitansConfig) -> int:
         + mem_hidden * mdh + mdh * mem_hidden + mdh  # W_0 of the 2-layer memory MLP + LN gain
     )
     attention = d * h * dh + 2 * d * h * dh + h * dh * d
-    block = attention + memory + c.num_persistent * d + 2 * d + 3 * d * hidden
+    combine = 2 * d if c.resolved_combine == "normalized" else 0  # the gate's two RMSNorm gains
+    block = attention + memory + combine + c.num_persistent * d + 2 * d + 3 * d * hidden
     return 2 * v * d + d + c.depth * block
 
 
@@ -113,3 +118,18 @@ def test_count_on_meta_equals_a_real_model():
     assert model.head.weight is model.embedding.weight
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert torch.get_default_device().type == "cpu"
+
+
+def test_a_config_document_from_before_macs_defaults_keeps_its_mac() -> None:
+    """A MAC checkpoint's config written before ``mac_write`` existed describes a MAC that wrote
+    the attention output and multiplied (eq. 25): loading it must rebuild that model."""
+    import json
+
+    for combine, expected in ((None, "product"), ("sigmoid", "sigmoid")):
+        old = json.loads(TitansConfig(variant="mac", combine=combine).to_json())
+        del old["config"]["mac_write"]
+        loaded = TitansConfig.from_json(json.dumps(old))
+        assert (loaded.mac_write, loaded.resolved_combine) == ("attention", expected)
+    current = TitansConfig(variant="mac")
+    assert TitansConfig.from_json(current.to_json()) == current
+    assert (current.mac_write, current.resolved_combine) == ("input", "normalized")

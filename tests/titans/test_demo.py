@@ -31,22 +31,38 @@ def test_the_baseline_has_the_memory_models_size_and_window() -> None:
     assert spec.lengths[0] - 4 * spec.task.num_pairs > receptive
 
 
-def test_run_demo_writes_report_plot_and_results(tmp_path: Path) -> None:
-    summary = run_demo(tmp_path, DemoSettings(steps=2, lengths=(32, 64), eval_batches=1))
+def test_the_mac_demo_trains_mac_against_the_same_baseline() -> None:
+    mag, mac = demo_spec(DemoSettings.quick()), demo_spec(DemoSettings.quick("mac"))
+    assert [run.name for run in mac.runs] == ["memory-mac", "baseline-swa"]
+    assert mac.runs[0].model.variant == "mac" and mac.runs[0].model.segment_len == mac.runs[1].model.window
+    from titans.model import count_parameters
+
+    sizes = [count_parameters(run.model) for run in mac.runs]
+    assert abs(sizes[0] - sizes[1]) / sizes[0] < 0.02
+    assert mac.task == mag.task and mac.train == mag.train and mac.lengths == mag.lengths
+
+
+@pytest.mark.parametrize("variant", ["mag", "mac"])
+def test_run_demo_writes_report_plot_and_results(tmp_path: Path, variant: str) -> None:
+    summary = run_demo(tmp_path, DemoSettings(steps=2, lengths=(32, 64), eval_batches=1, variant=variant))
     report = Path(summary["report"]).read_text()
     assert "| 32 | 16 |" in report and "| 64 | 48 |" in report  # length, minimum distance
-    assert "memory-mag" in report and "baseline-swa" in report and "Wall time" in report
+    assert f"memory-{variant}" in report and "baseline-swa" in report and "Wall time" in report
+    assert f"{variant.upper()} blocks" in report
     # two steps teach nothing: the report must say the memory did not win, not claim it did
     assert "at no length, but NOT at 32, 64." in report
     assert Path(summary["plot"]).read_bytes()[:8] == PNG_MAGIC
-    assert [r["name"] for r in json.loads((tmp_path / "results.json").read_text())] == ["memory-mag", "baseline-swa"]
+    names = [r["name"] for r in json.loads((tmp_path / "results.json").read_text())]
+    assert names == [f"memory-{variant}", "baseline-swa"]
     assert set(summary["margins"]) == {32, 64}
-    for name in ("memory-mag", "baseline-swa"):
+    for name in names:
         assert (tmp_path / "runs" / name / "metrics.jsonl").is_file()
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "needle"), [({"steps": 0}, "steps"), ({"lengths": ()}, "lengths"), ({"lengths": (8,)}, "lengths")]
+    ("kwargs", "needle"),
+    [({"steps": 0}, "steps"), ({"lengths": ()}, "lengths"), ({"lengths": (8,)}, "lengths"),
+     ({"variant": "mal"}, "variant")],
 )
 def test_bad_demo_settings_name_the_field(kwargs: dict, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):

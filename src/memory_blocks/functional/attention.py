@@ -31,12 +31,15 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 __all__ = [
+    "MEMORY_VISIBILITIES",
     "Backend",
     "sliding_window_attention",
     "sliding_window_decode",
     "segment_attention",
 ]
 
+#: Which memory tokens a MAC query sees: slots up to its own, its own slot only, or all.
+MEMORY_VISIBILITIES = ("causal", "own", "all")
 Backend = Literal["blocked", "sdpa", "dense", "flex"]
 _BACKENDS = get_args(Backend)
 
@@ -281,7 +284,7 @@ def sliding_window_decode(
 
 def _segment_mask(
     seq: int, segment: int, num_prefix: int, num_memory: int, per_segment: int,
-    causal_memory: bool, device: torch.device,
+    visibility: str, device: torch.device,
 ) -> Bool[Tensor, "segments segment keys"]:
     """Visibility of ``[prefix | memory of the segment | segment]`` for each segment's queries."""
     segments = -(-seq // segment)
@@ -290,8 +293,10 @@ def _segment_mask(
     m = torch.arange(per_segment, device=device)[None, None, :]  # memory slot in the segment
     prefix = torch.ones(segments, segment, num_prefix, dtype=torch.bool, device=device)
     memory = (n * per_segment + m < num_memory).expand(segments, segment, per_segment)
-    if causal_memory:
+    if visibility == "causal":
         memory = memory & (m <= r)
+    elif visibility == "own":
+        memory = memory & (m == r)
     c = torch.arange(segment, device=device)[None, None, :]
     own = (c <= r).expand(segments, segment, segment)
     return torch.cat([prefix, memory, own], dim=-1)
@@ -308,7 +313,7 @@ def segment_attention(
     memory_k: Float[Tensor, "batch heads memory dim_head"] | None = None,
     memory_v: Float[Tensor, "batch heads memory dim_head"] | None = None,
     memory_per_segment: int | None = None,
-    memory_visibility: Literal["causal", "all"] = "causal",
+    memory_visibility: Literal["causal", "own", "all"] = "causal",
     scale: float | None = None,
 ) -> Float[Tensor, "batch heads seq dim_head"]:
     """Block-causal attention for MAC: each segment attends to ``[prefix | memory | segment]``.
@@ -321,7 +326,8 @@ def segment_attention(
       ``u // memory_per_segment`` and has slot ``m = u % memory_per_segment``. With
       ``memory_visibility="all"`` all of them; with ``"causal"`` only slots ``m <= r``: slot
       ``m`` is aligned with the segment's token ``m`` (for MAC's ``h_t = M_{n-1}(q_t)``, one
-      memory token per position, ``memory_per_segment = segment`` and ``u = t``);
+      memory token per position, ``memory_per_segment = segment`` and ``u = t``); with ``"own"``
+      only slot ``m = r``, the memory token aligned with the query itself;
     - the tokens of its own segment at offsets ``<= r`` (causal inside the segment).
 
     Only the segment tokens are queries. ``memory`` holds ``memory_per_segment`` tokens per
@@ -335,7 +341,7 @@ def segment_attention(
         memory_k, memory_v: ``(batch, heads, memory, dim_head)`` or both ``None``.
         memory_per_segment: memory tokens per segment, ``segment`` by default; with
             ``"causal"`` visibility at most ``segment``.
-        memory_visibility: ``"causal"`` (aligned, see above) or ``"all"``.
+        memory_visibility: ``"causal"``, ``"own"`` (both aligned, see above) or ``"all"``.
         scale: score scale, ``dim_head ** -0.5`` by default.
 
     Cost ``O(seq * (prefix + memory_per_segment + segment))`` time and memory.
@@ -348,9 +354,9 @@ def segment_attention(
     batch, heads, seq, dh = q.shape
     if segment < 1:
         raise ValueError(f"{name}: segment must be >= 1, got {segment}")
-    if memory_visibility not in ("causal", "all"):
+    if memory_visibility not in MEMORY_VISIBILITIES:
         raise ValueError(
-            f"{name}: memory_visibility must be 'causal' or 'all', got {memory_visibility!r}"
+            f"{name}: memory_visibility must be one of {MEMORY_VISIBILITIES}, got {memory_visibility!r}"
         )
     empty = q.new_zeros(batch, heads, 0, dh)
     if (prefix_k is None) != (prefix_v is None):
@@ -368,9 +374,9 @@ def segment_attention(
     per_segment = segment if memory_per_segment is None else memory_per_segment
     if per_segment < 1:
         raise ValueError(f"{name}: memory_per_segment must be >= 1, got {per_segment}")
-    if memory_visibility == "causal" and per_segment > segment:
+    if memory_visibility != "all" and per_segment > segment:
         raise ValueError(
-            f"{name}: causal memory aligns slot m with token m, so memory_per_segment "
+            f"{name}: {memory_visibility} memory aligns slot m with token m, so memory_per_segment "
             f"({per_segment}) must be <= segment ({segment})"
         )
     if num_memory > 0 and not (segments - 1) * per_segment < num_memory <= segments * per_segment:
@@ -392,7 +398,7 @@ def segment_attention(
         return torch.cat([pre, mem, own], dim=3)
 
     mask = _segment_mask(
-        seq, segment, num_prefix, num_memory, per_segment, memory_visibility == "causal", q.device
+        seq, segment, num_prefix, num_memory, per_segment, memory_visibility, q.device
     )
     out = _masked_softmax_attention(
         blocks(q, segments, segment), keys(prefix_k, memory_k, k), keys(prefix_v, memory_v, v),

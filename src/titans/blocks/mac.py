@@ -15,7 +15,10 @@ from memory_blocks.persistent import PersistentMemory
 
 from titans.blocks.common import Block, detach_memory
 
-__all__ = ["MACBlock", "MACState"]
+__all__ = ["MAC_WRITES", "MACBlock", "MACState"]
+
+#: What a MAC memory may write: the attention output ``y`` or the segment's normalised inputs.
+MAC_WRITES = ("attention", "input")
 
 
 @dataclass(frozen=True)
@@ -46,35 +49,47 @@ class MACBlock(Block):
 
         M_{n-1} --retrieve(q(h_0..h_{N_l-1}))--> memory tokens m_0..m_{N_l-1}    (eq. 21)
         y = SegmentAttention([persistent | m | h])       causal; slot j seen by tokens r >= j (eq. 22)
-        M(y), M_n = memory(y, M_{n-1})    write y_t, then read with q(y_t), token by token (eqs. 23-24)
-        o = combine(y, M(y))              y (x) M*(y)                                   (eq. 25)
+        M(w), M_n = memory(w, M_{n-1})    write w_t, then read with q(w_t), token by token (eqs. 23-24)
+        o = combine(y, M(w))              y (x) M*(w)                                   (eq. 25)
         x <- x + o;  x <- x + feedforward(ffn_norm(x))
+
+    ``w`` is what the memory writes: ``h`` (``write="input"``) or ``y`` (``write="attention"``,
+    eqs. 23-24 as written). The paper's reading (``y``, and ``(x)`` as a plain product) did not
+    learn associative recall in the ablation of docs/guides/mac_ablation.md; ``TitansConfig``'s
+    defaults are ``h`` and a normalised gate.
 
     Memory tokens and causality (a project decision; the paper leaves it open): the retrieval
     ``h_t = M*_{n-1}(q_t)`` gives one vector per segment position. Memory token ``j`` is the
     retrieval at position ``j`` (its query depends on the segment's tokens ``0..j`` only: the
     memory's causal convolution restarts at each segment), so it is shown to tokens ``r >= j``
-    (``memory_visibility="causal"``). With ``N_l = segment`` every token sees the retrievals
-    of itself and the tokens before it; with ``N_l < segment`` the first ``N_l`` positions'
+    (``memory_visibility="causal"``; ``"own"`` shows token ``j`` its own retrieval only). With
+    ``N_l = segment`` every token sees the retrievals of itself and the tokens before it; with ``N_l < segment`` the first ``N_l`` positions'
     retrievals serve the whole segment; ``N_l = 0`` drops the memory tokens. The store
     (eq. 24) is the memory's own token-wise causal write-then-read, so ``M*(y_t)`` reflects the
-    segment's outputs up to ``t`` only (the paper reads after the whole segment, which would
-    let token ``t`` see ``y`` of later tokens).
+    segment up to ``t`` only (the paper reads after the whole segment, which would
+    let token ``t`` see later tokens).
 
     Streaming: the state keeps the unfinished segment's inputs (at most ``segment - 1``), the
     memory at its start and the running memory. A call recomputes the unfinished segment's
-    retrieval and attention (cost bounded by ``segment``), writes only the new tokens' ``y``,
+    retrieval and attention (cost bounded by ``segment``), writes only the new tokens' ``w``,
     and returns only the new tokens' outputs: pieces of any size equal one call.
 
     Args:
-        attention: segment attention (``memory_visibility="causal"``, ``memory_per_segment``
-            equal to ``num_memory_tokens`` when that is positive).
+        attention: segment attention (``memory_visibility`` ``"causal"`` or ``"own"``,
+            ``memory_per_segment`` equal to ``num_memory_tokens`` when that is positive).
         memory: the neural memory, or ``None`` for an attention-only MAC layer.
         persistent: persistent tokens shared by all segments' attention (eq. 19), or ``None``.
         combine: merges ``y`` and ``M(y)`` (a :class:`~titans.gating.CombineGate`); needed
             with a memory.
         norm, feedforward, ffn_norm: the pre-norms and the feed-forward.
         num_memory_tokens: ``N_l`` (``0 <= N_l <= segment``; 0 without memory).
+        write: what the memory writes and then reads its output with (``w``): ``"attention"``
+            (the attention output ``y``, eqs. 23-24; the default of this class) or ``"input"``
+            (the segment's normalised inputs ``h``, the stream the retrieval's queries come
+            from; the default of ``TitansConfig``).
+        retrieve_projection: a ``dim -> dim`` map applied to ``h`` before the retrieval's query
+            projection (eq. 21's ``W_Q`` apart from the write's), or ``None`` to share the
+            memory's query projection.
     """
 
     def __init__(
@@ -88,6 +103,8 @@ class MACBlock(Block):
         feedforward: nn.Module,
         ffn_norm: nn.Module,
         num_memory_tokens: int,
+        write: str = "attention",
+        retrieve_projection: nn.Module | None = None,
     ) -> None:
         super().__init__(feedforward=feedforward, ffn_norm=ffn_norm, persistent=persistent)
         if not 0 <= num_memory_tokens <= attention.segment:
@@ -99,16 +116,22 @@ class MACBlock(Block):
         if memory is not None and combine is None:
             raise ValueError("MACBlock: a block with a memory needs a combine gate")
         if num_memory_tokens and (
-            attention.memory_per_segment != num_memory_tokens or attention.memory_visibility != "causal"
+            attention.memory_per_segment != num_memory_tokens or attention.memory_visibility not in ("causal", "own")
         ):
             raise ValueError(
                 "MACBlock: the attention must have memory_per_segment == num_memory_tokens "
-                f"({num_memory_tokens}) and memory_visibility='causal', got "
+                f"({num_memory_tokens}) and memory_visibility 'causal' or 'own', got "
                 f"{attention.memory_per_segment} and {attention.memory_visibility!r}"
             )
+        if write not in MAC_WRITES:
+            raise ValueError(f"MACBlock: write must be one of {MAC_WRITES}, got {write!r}")
+        if retrieve_projection is not None and not num_memory_tokens:
+            raise ValueError("MACBlock: a retrieve_projection needs memory tokens (num_memory_tokens > 0)")
         self.attention, self.memory, self.combine, self.norm = attention, memory, combine, norm
         self.segment = attention.segment
         self.num_memory_tokens = num_memory_tokens
+        self.write = write
+        self.retrieve_projection = retrieve_projection
 
     def init_state(self, x: Tensor) -> MACState:
         return MACState(None, None, x.new_zeros(x.shape[0], 0, x.shape[2]))
@@ -131,9 +154,11 @@ class MACBlock(Block):
         outs = []
         for start in range(0, stream.shape[1], self.segment):
             segment = stream[:, start : start + self.segment]
-            y = self.attend(segment, segment_memory, persistent)[:, max(start, pending) - start :]
+            new = max(start, pending) - start  # the segment's first token not returned before
+            y = self.attend(segment, segment_memory, persistent)[:, new:]
             if self.memory is not None:
-                m, running = self.memory(y, running)  # write y, read M*(y) (eqs. 23-24)
+                written = y if self.write == "attention" else segment[:, new:]
+                m, running = self.memory(written, running)  # write, then read M*(.) (eqs. 23-24)
                 y = self.combine(y, m)  # eq. 25
             outs.append(y)
             if segment.shape[1] == self.segment:
@@ -157,5 +182,8 @@ class MACBlock(Block):
             # The queries' convolution restarts at the segment start: no history from the
             # previous segment's outputs (which the memory's own stream holds).
             read = None if segment_memory is None else dataclasses.replace(segment_memory, conv=None)
-            tokens = self.memory.retrieve(segment[:, :n], read)
+            queries = segment[:, :n]
+            if self.retrieve_projection is not None:
+                queries = self.retrieve_projection(queries)
+            tokens = self.memory.retrieve(queries, read)
         return self.attention(segment, memory=tokens, persistent=persistent)

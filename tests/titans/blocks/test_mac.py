@@ -57,18 +57,23 @@ class Zero(nn.Module):
         return torch.zeros_like(x)
 
 
-def recording_block(log: list, device: torch.device, num_memory_tokens: int = N_L) -> MACBlock:
+def recording_block(
+    log: list, device: torch.device, num_memory_tokens: int = N_L, *, persistent: bool = True,
+    write: str = "attention", projection: nn.Module | None = None,
+) -> MACBlock:
     torch.manual_seed(0)
     block = MACBlock(
         attention=RecordingAttention(log, DIM, 2, segment=SEGMENT, memory_per_segment=max(num_memory_tokens, 1)),
         # No convolution: a read of the memory is then a function of the weights and the token.
         memory=RecordingMemory(log, DIM, heads=2, chunk_size=3, conv_kernel=0),
-        persistent=PersistentMemory(2, DIM),
+        persistent=PersistentMemory(2, DIM) if persistent else None,
         combine=RecordingGate(log, DIM),
         norm=nn.Identity(),
         feedforward=Zero(),
         ffn_norm=nn.Identity(),
         num_memory_tokens=num_memory_tokens,
+        write=write,
+        retrieve_projection=projection,
     )
     return block.to(device=device, dtype=torch.float64)
 
@@ -148,3 +153,51 @@ def test_rejects_inconsistent_components():
     with pytest.raises(ValueError, match="need a memory"):
         MACBlock(attention=SegmentAttention(DIM, 2, segment=4, memory_per_segment=2), memory=None,
                  combine=None, num_memory_tokens=2, **common)
+
+
+def input_writing_block(log: list, device: torch.device, projection: nn.Module | None = None) -> MACBlock:
+    return recording_block(log, device, persistent=False, write="input", projection=projection)
+
+
+def test_input_writing_memory_learns_the_segment_inputs(device):
+    # write="input": the memory writes (and reads its output with) the segment's normalised
+    # inputs; the attention output only enters through the combine gate.
+    log: list = []
+    block = input_writing_block(log, device)
+    x = torch.randn(2, 10, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(device)
+    out, _ = block(x)
+    memorize = [e for e in log if e["op"] == "memorize"]
+    combine = [e for e in log if e["op"] == "combine"]
+    attend = [e for e in log if e["op"] == "attend"]
+    for (a, b), write, gate, att in zip([(0, 4), (4, 8), (8, 10)], memorize, combine, attend):
+        assert torch.equal(write["x"], x[:, a:b])
+        assert torch.equal(gate["y"], att["out"]) and gate["m"] is write["out"]
+        torch.testing.assert_close(out[:, a:b], x[:, a:b] + att["out"] * write["out"])
+
+
+def test_a_separate_retrieval_projection_forms_the_retrieval_queries(device):
+    log: list = []
+    projection = nn.Linear(DIM, DIM, bias=False).to(device=device, dtype=torch.float64)
+    block = input_writing_block(log, device, projection)
+    x = torch.randn(1, 8, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(device)
+    block(x)
+    retrieves = [e for e in log if e["op"] == "retrieve"]
+    for start, read in zip((0, 4), retrieves):
+        torch.testing.assert_close(read["x"], projection(x[:, start : start + N_L]))
+    # the projection takes part in the output, so training shapes it
+    out, _ = block(x)
+    out.sum().backward()
+    assert projection.weight.grad is not None and projection.weight.grad.abs().sum() > 0
+
+
+def test_rejects_unknown_write_and_projection_without_memory_tokens():
+    log: list = []
+    memory = RecordingMemory(log, DIM, heads=2, chunk_size=3)
+    common = dict(persistent=None, norm=nn.Identity(), feedforward=Zero(), ffn_norm=nn.Identity(),
+                  combine=ProductGate(DIM))
+    with pytest.raises(ValueError, match="write must be one of"):
+        MACBlock(attention=SegmentAttention(DIM, 2, segment=4), memory=memory, num_memory_tokens=4,
+                 write="output", **common)
+    with pytest.raises(ValueError, match="retrieve_projection needs memory tokens"):
+        MACBlock(attention=SegmentAttention(DIM, 2, segment=4), memory=memory, num_memory_tokens=0,
+                 retrieve_projection=nn.Identity(), **common)
