@@ -14,8 +14,8 @@ the baseline's receptive field (2 blocks of window 32: 63 tokens); training on 1
 sequences, recall at 128 and 512 (chance 3.1%). A run whose loss or evaluation is not finite
 is reported as such, never as a recall.
 
-Run: ``python benchmarks/reference_mac_recall.py [--steps 300] [--out runs/reference_mac]
-[--jobs 2]``. Figures: docs/guides/mac_ablation.md.
+Run: ``python benchmarks/reference_mac_recall.py [--steps 300] [--lr 5e-3] [--only reference-mac,swa]
+[--out runs/reference_mac] [--jobs 2]``. Figures: docs/guides/mac_ablation.md.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def runs() -> tuple[RunSpec, ...]:
     return (RunSpec("reference-mac", mac), RunSpec("reference-mac-paper", paper), RunSpec("swa", swa))
 
 
-def spec(steps: int, seed: int) -> AblationSpec:
-    train = TrainConfig(steps=steps, batch_size=8, seq_len=128, lr=5e-3, warmup=steps // 10, log_every=25, seed=seed)
+def spec(steps: int, seed: int, lr: float = 5e-3) -> AblationSpec:
+    train = TrainConfig(steps=steps, batch_size=8, seq_len=128, lr=lr, warmup=steps // 10, log_every=25, seed=seed)
     return AblationSpec(task=MQAR(vocab_size=64, num_pairs=4, queries_at_end=True), train=train, lengths=(128, 512),
                         runs=runs(),
                         eval_batches=4, eval_batch_size=16, eval_seed=1000 + seed)
@@ -56,11 +56,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=5e-3, help="peak AdamW learning rate (default 5e-3)")
+    parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
     parser.add_argument("--out", type=Path, default=Path("runs/reference_mac"))
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, one thread each")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    s = spec(args.steps, args.seed)
+    s = spec(args.steps, args.seed, args.lr)
+    names = [n for n in args.only.split(",") if n] or [r.name for r in s.runs]
     if args.worker:
         torch.set_num_threads(1)
         run = next(r for r in s.runs if r.name == args.worker)
@@ -69,14 +72,14 @@ def main() -> None:
     torch.set_num_threads(max(1, 2 // args.jobs))
     began = time.perf_counter()
     if args.jobs > 1:
-        run_parallel([[sys.executable, __file__, "--worker", r.name, "--steps", str(args.steps), "--seed",
-                       str(args.seed), "--out", str(args.out)] for r in s.runs], args.jobs)
-    print(f"reference MAC snippet on MQAR (queries at the end): {args.steps} steps of 8 x 128 tokens, lr 5e-3, "
+        run_parallel([[sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--seed",
+                       str(args.seed), "--lr", str(args.lr), "--out", str(args.out)] for name in names], args.jobs)
+    print(f"reference MAC snippet on MQAR (queries at the end): {args.steps} steps of 8 x 128 tokens, lr {args.lr}, "
           f"seed {args.seed}; "
           f"{time.perf_counter() - began:.0f} s")
     print("| run | parameters | final train loss | recall @128 | recall @512 | finite |")
     print("|---|---|---|---|---|---|")
-    for run in s.runs:
+    for run in (r for r in s.runs if r.name in names):
         r = run_one(run, s, args.out / "runs" / run.name)
         accs = {e["length"]: e["accuracy"] for e in r["eval"]}
         finite = not r.get("diverged") and all(e["finite"] for e in r["eval"])
