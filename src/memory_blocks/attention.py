@@ -25,7 +25,10 @@ from memory_blocks.functional.attention import (
 )
 from memory_blocks.layers.rotary import RotaryEmbedding
 
-__all__ = ["KVCache", "SlidingWindowAttention", "SegmentAttention"]
+__all__ = ["MEMORY_POSITIONS", "KVCache", "SlidingWindowAttention", "SegmentAttention"]
+
+#: Rotary positions of MAC's memory slots: before the segment, or at their tokens' positions.
+MEMORY_POSITIONS = ("prefix", "aligned")
 
 
 @dataclass(frozen=True)
@@ -260,9 +263,9 @@ class SegmentAttention(nn.Module):
                 f"SegmentAttention: {memory_visibility} memory aligns slot m with token m, so "
                 f"memory_per_segment ({per}) must be <= segment ({segment})"
             )
-        if memory_positions not in ("prefix", "aligned"):
+        if memory_positions not in MEMORY_POSITIONS:
             raise ValueError(
-                f"SegmentAttention: memory_positions must be 'prefix' or 'aligned', got {memory_positions!r}"
+                f"SegmentAttention: memory_positions must be one of {MEMORY_POSITIONS}, got {memory_positions!r}"
             )
         if memory_positions == "aligned" and per > segment:
             raise ValueError(

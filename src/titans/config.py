@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from memory_blocks.attention import MEMORY_POSITIONS
 from memory_blocks.functional.validate import check_forget_target
 from titans import registry
 from titans.blocks.mac import MAC_WRITES
@@ -74,7 +75,8 @@ class TitansConfig:
         num_memory_tokens: MAC's ``N_l`` memory tokens per segment, ``0 <= N_l <= segment_len``
             (``None``: ``segment_len``); see :class:`~titans.blocks.mac.MACBlock`.
         combine: a name in ``registry.COMBINES`` merging attention and memory (MAC and MAG;
-            ``None``: ``"product"`` for MAC, eq. 25, ``"normalized"`` for MAG, eq. 28).
+            ``None``: ``"normalized"``, eq. 28's gate, for both; ``"product"`` is MAC's eq. 25
+            read literally, see docs/guides/mac_ablation.md).
         mac_write: what MAC's memory writes and reads its output with: ``"attention"`` (the
             attention output ``y``, eqs. 23-24) or ``"input"`` (the segment's normalised
             inputs); see :class:`~titans.blocks.mac.MACBlock`.
@@ -297,7 +299,8 @@ def _validate(cfg: TitansConfig) -> None:
         raise ValueError(f"TitansConfig.momentum_gate: the optimizer {cfg.optimizer!r} uses no momentum")
     if cfg.combine is not None:
         registry.COMBINES.get(cfg.combine, "TitansConfig.combine")
-    for name, choices in (("mac_write", MAC_WRITES), ("mac_memory_positions", ("prefix", "aligned")),
+    # MAC's queries never see the retrievals of later tokens: no "all" visibility.
+    for name, choices in (("mac_write", MAC_WRITES), ("mac_memory_positions", MEMORY_POSITIONS),
                           ("mac_memory_visibility", ("causal", "own")), ("mac_retrieve_query", ("shared", "separate"))):
         if getattr(cfg, name) not in choices:
             raise ValueError(f"TitansConfig.{name}: must be one of {choices}, got {getattr(cfg, name)!r}")

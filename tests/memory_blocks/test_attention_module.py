@@ -211,7 +211,7 @@ def test_segment_attention_validates():
         SegmentAttention(8, 2, segment=2, memory_per_segment=3)
     with pytest.raises(ValueError, match="memory_visibility"):
         plain_init(SegmentAttention, 8, 2, segment=2, memory_visibility="some")
-    with pytest.raises(ValueError, match="memory_positions must be 'prefix' or 'aligned'"):
+    with pytest.raises(ValueError, match="memory_positions must be one of"):
         plain_init(SegmentAttention, 8, 2, segment=2, memory_positions="middle")
     with pytest.raises(ValueError, match="aligned memory positions"):
         plain_init(SegmentAttention, 8, 2, segment=2, memory_per_segment=3, memory_visibility="all",

@@ -63,11 +63,11 @@ class MACBlock(Block):
     retrieval at position ``j`` (its query depends on the segment's tokens ``0..j`` only: the
     memory's causal convolution restarts at each segment), so it is shown to tokens ``r >= j``
     (``memory_visibility="causal"``; ``"own"`` shows token ``j`` its own retrieval only). With
-    ``N_l = segment`` every token sees the retrievals of itself and the tokens before it; with ``N_l < segment`` the first ``N_l`` positions'
-    retrievals serve the whole segment; ``N_l = 0`` drops the memory tokens. The store
-    (eq. 24) is the memory's own token-wise causal write-then-read, so ``M*(y_t)`` reflects the
-    segment up to ``t`` only (the paper reads after the whole segment, which would
-    let token ``t`` see later tokens).
+    ``N_l = segment`` every token sees the retrievals of itself and the tokens before it; with
+    ``N_l < segment`` the first ``N_l`` positions' retrievals serve the whole segment;
+    ``N_l = 0`` drops the memory tokens. The store (eq. 24) is the memory's own token-wise
+    causal write-then-read, so ``M*(w_t)`` reflects the segment up to ``t`` only (the paper
+    reads after the whole segment, which would let token ``t`` see later tokens).
 
     Streaming: the state keeps the unfinished segment's inputs (at most ``segment - 1``), the
     memory at its start and the running memory. A call recomputes the unfinished segment's
@@ -79,7 +79,7 @@ class MACBlock(Block):
             ``memory_per_segment`` equal to ``num_memory_tokens`` when that is positive).
         memory: the neural memory, or ``None`` for an attention-only MAC layer.
         persistent: persistent tokens shared by all segments' attention (eq. 19), or ``None``.
-        combine: merges ``y`` and ``M(y)`` (a :class:`~titans.gating.CombineGate`); needed
+        combine: merges ``y`` and ``M(w)`` (a :class:`~titans.gating.CombineGate`); needed
             with a memory.
         norm, feedforward, ffn_norm: the pre-norms and the feed-forward.
         num_memory_tokens: ``N_l`` (``0 <= N_l <= segment``; 0 without memory).
