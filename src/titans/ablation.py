@@ -241,9 +241,10 @@ def run_one(
 
     Returns (and writes to ``out_dir/result.json``) ``{"name", "variant", "parameters",
     "loss", "accuracy", "tokens_per_s", "train_seconds", "eval": [{"length", "loss",
-    "accuracy", "finite"} (and "depth" on the needle task), ...], "identity"}``: the last training step's loss and accuracy, the
-    training throughput, and the evaluation at every length of the spec. A run whose loss
-    became non-finite is recorded, not raised: ``"diverged"`` holds the message, and its
+    "accuracy", "finite"}, ...], "identity"}`` (each eval row of the needle task also has its
+    ``"depth"``): the last training step's loss and accuracy, the training throughput, and
+    the evaluation at every length of the spec. A run whose loss became non-finite is
+    recorded, not raised: ``"diverged"`` holds the message, and its
     loss, accuracy, tokens/s and evaluation values are ``None``. An evaluation that is
     non-finite at a length has ``"finite": False``, ``"accuracy": None`` and its loss as the
     string ``"nan"`` or ``"inf"`` (the result is :func:`~titans.evaluate.json_safe`, as written).

@@ -31,7 +31,7 @@ import torch
 from titans.ablation import load_spec, metrics_paths, run_ablation
 from titans.checkpoint import load_pretrained
 from titans.config import TitansConfig
-from titans.demo import DemoSettings, run_demo
+from titans.demo import DEMO_VARIANTS, DemoSettings, run_demo
 from titans.evaluate import evaluate, json_safe
 from titans.report import markdown_table, plot_results
 from titans.run_checkpoint import checkpoint_note, latest_checkpoint
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="memory model vs sliding-window baseline on recall beyond the window")
     de.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
     de.add_argument("--quick", action="store_true", help="fewer steps and lengths (under two minutes)")
-    de.add_argument("--variant", choices=("mag", "mac"), default="mag", help="the memory model (default mag)")
+    de.add_argument("--variant", choices=tuple(DEMO_VARIANTS), default="mag", help="the memory model (default mag)")
     de.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return parser
 

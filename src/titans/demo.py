@@ -95,13 +95,14 @@ class DemoSettings:
 
 
 _MODEL = dict(vocab_size=64, dim=64, depth=2, heads=2, ffn_hidden=128, chunk_size=1, num_persistent=4,
-              memory_model="linear", segment_len=16, max_seq_len=2048, lr_gate_init=0.6)
+              memory_model="linear", max_seq_len=2048, lr_gate_init=0.6)
 
 
 def demo_spec(settings: DemoSettings) -> AblationSpec:
     """The demo as an ablation: the memory model and its equal-size ``swa`` baseline."""
     train_len = settings.lengths[0]
-    memory = TitansConfig(variant=settings.variant, window=settings.window, **_MODEL)
+    # MAC's segment is the baseline's window, as MAG's window is.
+    memory = TitansConfig(variant=settings.variant, window=settings.window, segment_len=settings.window, **_MODEL)
     baseline = equal_size_baseline(memory)
     task = MQAR(vocab_size=memory.vocab_size, num_pairs=settings.num_pairs, queries_at_end=True)
     train = TrainConfig(steps=settings.steps, batch_size=16, seq_len=train_len, lr=1e-2,
