@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from _finite import run_is_finite
 from _jobs import run_parallel
 
 from titans import TitansConfig
@@ -143,9 +144,9 @@ def table(results: dict[tuple[str, int, str], dict], tasks: list[str], seeds: li
             if any(r is None for r in rows):
                 continue
             cells, means, finite = [], {128: [], 512: []}, True
-            for r in rows:
+            for seed, r in zip(seeds, rows):
                 accs = mean_by_length(r["eval"])
-                finite = finite and not r.get("diverged") and all(e["finite"] for e in r["eval"])
+                finite = finite and run_is_finite(r, out / f"{task}-seed{seed}" / "runs" / name)
                 cells.append(f"{percent(accs[128])} / {percent(accs[512])}")
                 for n in means:
                     means[n].append(accs[n])

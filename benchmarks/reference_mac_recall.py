@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from _finite import run_is_finite
 from _jobs import run_parallel
 
 from titans.ablation import AblationSpec, RunSpec, equal_size_baseline, run_one
@@ -82,7 +83,7 @@ def main() -> None:
     for run in (r for r in s.runs if r.name in names):
         r = run_one(run, s, args.out / "runs" / run.name)
         accs = {e["length"]: e["accuracy"] for e in r["eval"]}
-        finite = not r.get("diverged") and all(e["finite"] for e in r["eval"])
+        finite = run_is_finite(r, args.out / "runs" / run.name)
         cells = ["n/f" if accs[n] is None else f"{100 * accs[n]:.1f}%" for n in (128, 512)]
         loss = "n/f" if r["loss"] is None else f"{r['loss']:.3f}"
         print(f"| {run.name} | {r['parameters']:,} | {loss} | {cells[0]} | {cells[1]} | {'yes' if finite else 'NO'} |")
