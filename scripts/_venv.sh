@@ -7,7 +7,8 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 py="$venv/bin/python"
-# Pin the CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+# Pin torch first (a torch already in the venv is kept). Which build comes (CPU or CUDA)
+# depends on the package index pip is configured with; the README shows how to choose.
 if ! "$py" -c "import torch" >/dev/null 2>&1; then
     "$py" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 fi
