@@ -3,6 +3,8 @@
 - :class:`MQAR`: multi-query associative recall (Zoology).
 - :class:`NeedleInHaystack`: one key-value needle at a depth in noise, asked for at the end.
 - :class:`SelectiveCopy`: scattered tokens copied out in order after a marker.
+- :class:`TextTask`: next-byte prediction on the user's own UTF-8 text (read from disk, with a
+  held-out split for evaluation).
 
 :data:`TASKS` maps a name to its class; :func:`make_task` builds one by name with options.
 """
@@ -17,6 +19,7 @@ from titans.tasks.base import IGNORE_INDEX, Task, masked_accuracy
 from titans.tasks.mqar import MQAR
 from titans.tasks.needle import NeedleInHaystack
 from titans.tasks.selective_copy import SelectiveCopy
+from titans.tasks.text import TextTask, bits_per_byte
 
 __all__ = [
     "IGNORE_INDEX",
@@ -25,6 +28,9 @@ __all__ = [
     "NeedleInHaystack",
     "SelectiveCopy",
     "Task",
+    "TextTask",
+    "bits_per_byte",
+    "evaluation_task",
     "make_task",
     "masked_accuracy",
     "task_to_dict",
@@ -32,7 +38,7 @@ __all__ = [
 
 #: Tasks by name.
 TASKS: Registry[type] = Registry(
-    "task", {"mqar": MQAR, "needle": NeedleInHaystack, "selective_copy": SelectiveCopy}
+    "task", {"mqar": MQAR, "needle": NeedleInHaystack, "selective_copy": SelectiveCopy, "text": TextTask}
 )
 
 
@@ -51,3 +57,11 @@ def task_to_dict(task: Task) -> dict[str, Any]:
     """``{"name": ..., "options": {...}}``: what :func:`make_task` needs to rebuild ``task``."""
     options = {f.name: getattr(task, f.name) for f in dataclasses.fields(task) if f.name != "name"}
     return {"name": task.name, "options": options}
+
+
+def evaluation_task(task: Task) -> Task:
+    """The task an evaluation draws from: ``task.for_evaluation()`` where the task has one (a
+    :class:`TextTask` returns its held-out split), else ``task`` itself (the synthetic tasks
+    generate fresh sequences from the evaluation's own seeds)."""
+    held_out = getattr(task, "for_evaluation", None)
+    return held_out() if callable(held_out) else task
