@@ -16,7 +16,7 @@ def test_round_trip_gives_identical_outputs(device, tmp_path, variant):
     config = TitansConfig.preset("tiny", variant=variant, tie_embeddings=variant == "mag")
     model = build(config, device, seed=3)
     path = save_pretrained(model, tmp_path / "ckpt")
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
     loaded = load_pretrained(path, device=device)
     assert loaded.config == config
     assert loaded.embedding.weight.dtype == torch.float64

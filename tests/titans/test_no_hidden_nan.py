@@ -13,14 +13,17 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import save_model
 
 import titans.ablation
 import titans.cli
 from titans import TitansLM, save_pretrained
 from titans.ablation import parse_spec, run_ablation
+from titans.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from titans.cli import main
 from titans.demo import DemoSettings, run_demo
 from titans.evaluate import evaluate, json_safe
+from titans.manifest import write_manifest
 from titans.report import accuracy_at, diverged_lengths, markdown_table, plot_results
 from titans.tasks import MQAR
 from titans.train import TrainConfig, train
@@ -56,13 +59,19 @@ def nan_beyond(model: TitansLM, limit: int) -> TitansLM:
 
 
 def saved_model(path: Path, *, poison: float | None = None) -> Path:
-    """A tiny ``swa`` checkpoint; ``poison`` fills its output head with that value (NaN, inf)."""
+    """A tiny ``swa`` checkpoint; ``poison`` fills its output head with that value (NaN, inf).
+
+    ``save_pretrained`` refuses non-finite weights, so a poisoned checkpoint is forged the way a
+    model that diverged elsewhere would arrive: its weights file rewritten, its manifest renewed."""
     torch.manual_seed(0)
     model = TitansLM(tiny("swa"))
+    save_pretrained(model, path)
     if poison is not None:
         with torch.no_grad():
             model.head.weight.fill_(poison)
-    return save_pretrained(model, path)
+        save_model(model, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+        write_manifest(path, [CONFIG_NAME, WEIGHTS_NAME])
+    return path
 
 
 def test_a_non_finite_evaluation_has_its_loss_and_no_accuracy() -> None:
