@@ -9,8 +9,9 @@ heads and rotary positions::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from jaxtyping import Float
@@ -23,6 +24,7 @@ from memory_blocks.functional.attention import (
     sliding_window_attention,
     sliding_window_decode,
 )
+from memory_blocks.functional.validate import check_integer, check_layer_input
 from memory_blocks.layers.rotary import RotaryEmbedding
 
 __all__ = ["MEMORY_POSITIONS", "KVCache", "SlidingWindowAttention", "SegmentAttention"]
@@ -103,11 +105,12 @@ class SlidingWindowAttention(nn.Module):
         backend: Backend = "blocked",
     ) -> None:
         super().__init__()
-        dim_head = _dim_head("SlidingWindowAttention", dim, heads, dim_head)
-        if window < 1:
-            raise ValueError(f"SlidingWindowAttention: window must be >= 1, got {window}")
-        if num_prefix < 0:
-            raise ValueError(f"SlidingWindowAttention: num_prefix must be >= 0, got {num_prefix}")
+        name = "SlidingWindowAttention"
+        dim_head = _dim_head(name, dim, heads, dim_head)
+        check_integer(name, "window", window, 1)
+        check_integer(name, "num_prefix", num_prefix, 0)
+        _flags(name, rotary=rotary, bias=bias)
+        _base(name, rotary_base)
         if backend not in get_args(Backend):
             raise ValueError(
                 f"SlidingWindowAttention: backend must be one of {get_args(Backend)}, "
@@ -139,10 +142,13 @@ class SlidingWindowAttention(nn.Module):
         Returns the output ``(batch, seq, dim)`` and the cache to pass with the next tokens.
         """
         name = "SlidingWindowAttention"
+        check_layer_input(name, "x", x, self.to_qkv.weight)
         if x.ndim != 3 or x.shape[-1] != self.dim or x.shape[1] < 1:
             raise ValueError(
                 f"{name}: expected (batch, seq >= 1, {self.dim}), got {tuple(x.shape)}"
             )
+        if x.shape[0] < 1:
+            raise ValueError(f"{name}: the batch is empty (x of shape {tuple(x.shape)})")
         keep = self.window - 1
         if cache is None:
             if x.shape[1] < self.num_prefix:
@@ -178,8 +184,36 @@ class SlidingWindowAttention(nn.Module):
         )
         return self._merge(out), new_cache
 
-    def _check_cache(self, cache: KVCache, x: Tensor) -> None:
+    def _check_cache(self, cache: Any, x: Tensor) -> None:
         name = "SlidingWindowAttention"
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"{name}: cache must be a KVCache or None, got {type(cache).__name__}")
+        if isinstance(cache.position, bool) or not isinstance(cache.position, int) or (
+            cache.position < cache.size
+        ):
+            raise ValueError(
+                f"{name}: cache.position must be an integer >= the {cache.size} keys it holds, "
+                f"got {cache.position!r}"
+            )
+        for arg in ("prefix_k", "prefix_v", "k", "v"):
+            t = getattr(cache, arg)
+            if not isinstance(t, Tensor) or t.ndim != 4:
+                raise ValueError(
+                    f"{name}: cache.{arg} must be a (batch, heads, keys, dim_head) tensor, got "
+                    f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}"
+                )
+            check_layer_input(name, f"cache.{arg}", t, self.to_qkv.weight)
+        if cache.k.shape != cache.v.shape or cache.prefix_k.shape != cache.prefix_v.shape:
+            raise ValueError(
+                f"{name}: the cache's keys and values differ in shape: k {tuple(cache.k.shape)}, "
+                f"v {tuple(cache.v.shape)}, prefix_k {tuple(cache.prefix_k.shape)}, "
+                f"prefix_v {tuple(cache.prefix_v.shape)}"
+            )
+        if cache.prefix_k.shape[:2] + cache.prefix_k.shape[3:] != cache.k.shape[:2] + cache.k.shape[3:]:
+            raise ValueError(
+                f"{name}: the cache's prefix {tuple(cache.prefix_k.shape)} and recent keys "
+                f"{tuple(cache.k.shape)} differ in (batch, heads, dim_head)"
+            )
         want = (x.shape[0], self.heads, self.dim_head)
         got = (cache.k.shape[0], cache.k.shape[1], cache.k.shape[3])
         if got != want:
@@ -247,12 +281,13 @@ class SegmentAttention(nn.Module):
         bias: bool = False,
     ) -> None:
         super().__init__()
-        dim_head = _dim_head("SegmentAttention", dim, heads, dim_head)
-        if segment < 1:
-            raise ValueError(f"SegmentAttention: segment must be >= 1, got {segment}")
+        name = "SegmentAttention"
+        dim_head = _dim_head(name, dim, heads, dim_head)
+        check_integer(name, "segment", segment, 1)
         per = segment if memory_per_segment is None else memory_per_segment
-        if per < 1:
-            raise ValueError(f"SegmentAttention: memory_per_segment must be >= 1, got {per}")
+        check_integer(name, "memory_per_segment", per, 1)
+        _flags(name, rotary=rotary, bias=bias)
+        _base(name, rotary_base)
         if memory_visibility not in MEMORY_VISIBILITIES:
             raise ValueError(
                 f"SegmentAttention: memory_visibility must be one of {MEMORY_VISIBILITIES}, "
@@ -301,6 +336,12 @@ class SegmentAttention(nn.Module):
         (the last may hold fewer); ``persistent`` is shared by all segments.
         """
         name = "SegmentAttention"
+        check_layer_input(name, "x", x, self.to_q.weight)
+        if x.ndim != 3 or x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(f"{name}: x must be (batch >= 1, seq >= 1, {self.dim}), got {tuple(x.shape)}")
+        for arg, t in (("memory", memory), ("persistent", persistent)):
+            if t is not None:
+                check_layer_input(name, arg, t, self.to_q.weight)
         for arg, t in (("x", x), ("memory", memory), ("persistent", persistent)):
             bad = t is not None and (
                 t.ndim != 3 or t.shape[-1] != self.dim or t.shape[0] != x.shape[0]
@@ -343,15 +384,27 @@ class SegmentAttention(nn.Module):
         )
 
 
-def _dim_head(name: str, dim: int, heads: int, dim_head: int | None) -> int:
-    if dim < 1 or heads < 1:
-        raise ValueError(f"{name}: dim and heads must be >= 1, got dim={dim}, heads={heads}")
+def _flags(name: str, **flags: object) -> None:
+    for arg, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: {arg} must be True or False, got {value!r}")
+
+
+def _base(name: str, rotary_base: object) -> None:
+    if isinstance(rotary_base, bool) or not isinstance(rotary_base, (int, float)) or not (
+        math.isfinite(rotary_base) and rotary_base > 0
+    ):
+        raise ValueError(f"{name}: rotary_base must be a finite number > 0, got {rotary_base!r}")
+
+
+def _dim_head(name: str, dim: Any, heads: Any, dim_head: Any) -> int:
+    check_integer(name, "dim", dim, 1)
+    check_integer(name, "heads", heads, 1)
     if dim_head is None:
         if dim % heads:
             raise ValueError(
                 f"{name}: dim ({dim}) is not divisible by heads ({heads}); give dim_head"
             )
         return dim // heads
-    if dim_head < 1:
-        raise ValueError(f"{name}: dim_head must be >= 1, got {dim_head}")
+    check_integer(name, "dim_head", dim_head, 1)
     return dim_head

@@ -54,13 +54,22 @@ class LearnedGate(Gate):
         names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        bad = [n for n, v in (("dim", dim), ("heads", heads)) if isinstance(v, bool) or not isinstance(v, int)]
+        if bad:
+            raise ValueError(f"LearnedGate: dim and heads must be integers >= 1, got {dim!r} and {heads!r}")
         if dim < 1 or heads < 1:
             raise ValueError(f"LearnedGate: dim and heads must be >= 1, got {dim} and {heads}")
-        if not max_value > 0:
-            raise ValueError(f"LearnedGate: max_value must be > 0, got {max_value}")
+        if not (max_value > 0 and math.isfinite(max_value)):
+            raise ValueError(f"LearnedGate: max_value must be > 0 and finite, got {max_value}")
         if not 0 < init < max_value:
             raise ValueError(
                 f"LearnedGate: init must lie strictly between 0 and max_value={max_value}, got {init}"
+            )
+        p = init / max_value
+        if not 0 < p < 1 or not math.isfinite(math.log(p / (1 - p))):
+            raise ValueError(
+                f"LearnedGate: init={init} and max_value={max_value} are too far apart (init / "
+                f"max_value = {p:g} rounds to 0 or 1 and the gate's bias would be infinite)"
             )
         self.heads = heads
         self.max_value = max_value
@@ -69,7 +78,6 @@ class LearnedGate(Gate):
         width = heads * (1 if self.names is None else len(self.names))
         self.proj = nn.Linear(dim, width)
         nn.init.normal_(self.proj.weight, std=0.02)
-        p = init / max_value
         nn.init.constant_(self.proj.bias, math.log(p / (1 - p)))
 
     def forward(self, x: Float[Tensor, "batch seq dim"]) -> GateOutput:
@@ -89,8 +97,12 @@ class ConstantGate(Gate):
 
     def __init__(self, value: int | float, heads: int = 1) -> None:
         super().__init__()
-        if not 0 <= value:
-            raise ValueError(f"ConstantGate: value must be >= 0, got {value}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"ConstantGate: value must be a number, got {type(value).__name__}")
+        if not (0 <= value and math.isfinite(value)):
+            raise ValueError(f"ConstantGate: value must be >= 0 and finite, got {value}")
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+            raise ValueError(f"ConstantGate: heads must be an integer >= 1, got {heads!r}")
         self.value = float(value)
         self.heads = heads
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +21,14 @@ from memory_blocks.layers.conv import CausalDepthwiseConv
 from memory_blocks.layers.norm import RMSNorm
 from memory_blocks.memories.base import MemoryModel
 from memory_blocks.memories.mlp import MLPMemory
-from memory_blocks.objectives import Objective, SquaredError
-from memory_blocks.functional.validate import check_forget_target
+from memory_blocks.objectives import OBJECTIVES, Objective, SquaredError
+from memory_blocks.functional.validate import (
+    as_float,
+    check_forget_target,
+    check_integer,
+    check_layer_input,
+    check_tensor,
+)
 from memory_blocks.optimizers import OPTIMIZERS, InnerOptimizer
 from memory_blocks.step_scale import STEP_SCALES, StepScale
 
@@ -73,6 +80,27 @@ def _inner_precision(x: Tensor) -> Iterator[Callable[[Any], Any]]:
         yield cast
 
 
+def _check_gate_value(what: str, value: float) -> None:
+    """A constant gate's range: ``theta`` finite and >= 0; ``eta``, ``alpha`` in ``[0, 1]``."""
+    if what == "lr_gate":
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"NeuralMemory: lr_gate must be finite and >= 0, got {value}")
+    elif not 0 <= value <= 1:
+        raise ValueError(f"NeuralMemory: {what} must lie in [0, 1], got {value}")
+
+
+def _component(what: str, value: Any, names: dict[str, Any], kind: str, accepts: Callable[[Any], bool]) -> Any:
+    """``value`` if it is a component ``accepts`` takes, else the one registered under the name
+    ``value`` (built with no argument); a clear error otherwise."""
+    if isinstance(value, str):
+        if value not in names:
+            raise ValueError(f"NeuralMemory: unknown {what} {value!r}; choose one of {sorted(names)}")
+        value = names[value]()
+    if not accepts(value):
+        raise TypeError(f"NeuralMemory: {what} must be {kind} or one of {sorted(names)}, got {type(value).__name__}")
+    return value
+
+
 class NeuralMemory(nn.Module):
     """A multi-head neural memory that learns at test time, with its projections and gates.
 
@@ -94,7 +122,9 @@ class NeuralMemory(nn.Module):
         memory: the memory model ``f(W; x)``, with ``dim_in == dim_out == dim_head``; default
             ``MLPMemory(dim_head, depth=2, expansion=4)``.
         dim_head: features per head; default ``dim // heads``.
-        objective: the inner loss; default :class:`SquaredError` (eq. 12).
+        objective: the inner loss; default :class:`SquaredError` (eq. 12); or its name in
+            :data:`~memory_blocks.objectives.OBJECTIVES` (``"squared_error"``, ``"huber"``,
+            ``"lp"``, ``"dot_product"``, each with its default settings).
         optimizer: :class:`Momentum` (default, eq. 13) or :class:`GradientDescent`, or their
             names ``"momentum"`` / ``"gd"``.
         lr_gate: ``theta``: a :class:`Gate`, a float (constant), or ``"learned"`` (default:
@@ -112,9 +142,11 @@ class NeuralMemory(nn.Module):
             region) or ``"zero"`` (eq. 14 as written). docs/guides/stability.md has the
             measurements behind both defaults.
         momentum_gate: ``eta``: as above (default learned, init 0.9); must be left at its
-            default with gradient descent.
+            default with gradient descent. A constant must lie in ``[0, 1]``, a learned
+            gate's ``max_value`` must be at most 1.
         decay_gate: ``alpha``: as above (default learned, init 0.01), or ``None`` for no
-            forgetting.
+            forgetting; the same range as ``eta``. (A constant ``lr_gate`` must be finite and
+            ``>= 0``; its stable range depends on the step scale, docs/guides/stability.md.)
         per_tensor_lr: with the default learned ``lr_gate``, give each fast-weight tensor its
             own learning rate.
         conv_kernel: taps of the causal depthwise convolution after the projections; 0 or
@@ -131,6 +163,17 @@ class NeuralMemory(nn.Module):
             the squared error; ``checkpoint=True`` recomputes three blocks in four in the
             backward pass (slower; it saves about a third of the memory on the general path
             of other memories, little on the hand-written one; docs/memory.md).
+
+    Raises:
+        ValueError: at construction, on a size that is not an integer of the allowed range,
+            an unknown component name, or a gate value outside its range; in ``forward``,
+            ``retrieve`` and ``project``, on an input of the wrong shape, an empty batch or
+            sequence, an input whose dtype differs from the layer's parameters (outside
+            ``torch.autocast``, which the layer follows: its inner loop then runs in float32),
+            or a state made for another batch, head count, chunk size, convolution or memory
+            model.
+        TypeError: on an argument of the wrong kind (a flag that is not a bool, an objective
+            that is not callable, a state that is not a :class:`NeuralMemoryState`).
     """
 
     def __init__(
@@ -141,7 +184,7 @@ class NeuralMemory(nn.Module):
         memory: MemoryModel | None = None,
         *,
         dim_head: int | None = None,
-        objective: Objective | None = None,
+        objective: Objective | str | None = None,
         optimizer: InnerOptimizer | str = "momentum",
         lr_gate: Gate | float | str = _LEARNED,
         lr_init: float | None = None,
@@ -160,20 +203,26 @@ class NeuralMemory(nn.Module):
         forget_target: str = "init",
     ) -> None:
         super().__init__()
-        if dim < 1:
-            raise ValueError(f"NeuralMemory: dim must be >= 1, got {dim}")
-        if heads < 1:
-            raise ValueError(f"NeuralMemory: heads must be >= 1, got {heads}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"NeuralMemory: chunk_size must be an integer >= 1, got {chunk_size!r}")
+        fn = "NeuralMemory"
+        check_integer(fn, "dim", dim, 1)
+        check_integer(fn, "heads", heads, 1)
+        check_integer(fn, "chunk_size", chunk_size, 1)
+        check_integer(fn, "block_chunks", block_chunks, 1)
+        if conv_kernel is not None:
+            check_integer(fn, "conv_kernel", conv_kernel, 0)
+        for flag, value in (
+            ("per_tensor_lr", per_tensor_lr), ("qkv_silu", qkv_silu), ("qk_norm", qk_norm),
+            ("output_norm", output_norm), ("output_gate", output_gate), ("checkpoint", checkpoint),
+        ):
+            if not isinstance(value, bool):
+                raise TypeError(f"{fn}: {flag} must be True or False, got {value!r}")
         if dim_head is None:
             if dim % heads:
                 raise ValueError(
                     f"NeuralMemory: heads={heads} does not divide dim={dim}; pass dim_head explicitly"
                 )
             dim_head = dim // heads
-        if dim_head < 1:
-            raise ValueError(f"NeuralMemory: dim_head must be >= 1, got {dim_head}")
+        check_integer(fn, "dim_head", dim_head, 1)
         if memory is None:
             memory = MLPMemory(dim_head, depth=2, expansion=4.0)
         if not isinstance(memory, MemoryModel):
@@ -186,33 +235,21 @@ class NeuralMemory(nn.Module):
                 f"NeuralMemory: the memory model maps {memory.dim_in} -> {memory.dim_out} features "
                 f"but each head has dim_head={dim_head}; build it with dim {dim_head}"
             )
-        if isinstance(optimizer, str):
-            if optimizer not in OPTIMIZERS:
-                raise ValueError(
-                    f"NeuralMemory: unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}"
-                )
-            optimizer = OPTIMIZERS[optimizer]()
+        optimizer = _component("optimizer", optimizer, OPTIMIZERS, "an InnerOptimizer",
+                               lambda o: isinstance(o, InnerOptimizer))
+        if objective is not None:
+            objective = _component("objective", objective, OBJECTIVES,
+                                   "an Objective (a callable (pred, target) -> loss)", callable)
         if not optimizer.uses_momentum and momentum_gate not in (_LEARNED, None):
             raise ValueError(
                 "NeuralMemory: momentum_gate was given but the optimizer "
                 f"{type(optimizer).__name__} uses no momentum"
             )
-        if isinstance(step_scale, str):
-            if step_scale not in STEP_SCALES:
-                raise ValueError(
-                    f"NeuralMemory: unknown step_scale {step_scale!r}; choose one of {sorted(STEP_SCALES)}"
-                )
-            step_scale = STEP_SCALES[step_scale]()
-        if not isinstance(step_scale, StepScale):
-            raise ValueError(
-                f"NeuralMemory: step_scale must be a StepScale or one of {sorted(STEP_SCALES)}, "
-                f"got {type(step_scale).__name__}"
-            )
+        step_scale = _component("step_scale", step_scale, STEP_SCALES, "a StepScale",
+                                lambda o: isinstance(o, StepScale))
         check_forget_target("NeuralMemory", forget_target)
         lr_init = step_scale.lr_init if lr_init is None else lr_init
         lr_max = step_scale.lr_max if lr_max is None else lr_max
-        if conv_kernel is not None and conv_kernel < 0:
-            raise ValueError(f"NeuralMemory: conv_kernel must be >= 0 or None, got {conv_kernel}")
 
         self.dim, self.heads, self.dim_head, self.chunk_size = dim, heads, dim_head, chunk_size
         self.memory = memory
@@ -230,6 +267,13 @@ class NeuralMemory(nn.Module):
             self._gate("momentum_gate", momentum_gate, dim, init=0.9) if optimizer.uses_momentum else None
         )
         self.decay_gate = self._gate("decay_gate", decay_gate, dim, init=0.01)
+        # The built-in gates and step scales give values in range by construction; only a user's
+        # own gate or step scale has its values scanned by memorize (a host sync per call).
+        self._scan_gates = not (
+            all(type(g) in (LearnedGate, ConstantGate) for g in (self.lr_gate, self.momentum_gate, self.decay_gate)
+                if g is not None)
+            and type(self.step_scale).__module__ == StepScale.__module__
+        )
         self.out_norm = RMSNorm(dim_head) if output_norm else None
         self.to_gate = nn.Linear(dim, inner, bias=False) if output_gate else None
         self.to_out = nn.Linear(inner, dim, bias=False)
@@ -253,10 +297,19 @@ class NeuralMemory(nn.Module):
                 raise ValueError(f"NeuralMemory: {what} must be a Gate, a float, None or 'learned', got {gate!r}")
             return LearnedGate(dim, self.heads, init=init, max_value=max_value, names=names)
         if isinstance(gate, (int, float)) and not isinstance(gate, bool):
-            return ConstantGate(float(gate), self.heads)
+            value = as_float(gate)
+            _check_gate_value(what, value)
+            return ConstantGate(value, self.heads)
         if isinstance(gate, Gate):
             if gate.heads != self.heads:
                 raise ValueError(f"NeuralMemory: {what} has {gate.heads} heads, expected {self.heads}")
+            if isinstance(gate, ConstantGate):
+                _check_gate_value(what, gate.value)
+            if isinstance(gate, LearnedGate) and what != "lr_gate" and gate.max_value > 1:
+                raise ValueError(
+                    f"NeuralMemory: {what} must stay in [0, 1], but its LearnedGate has "
+                    f"max_value={gate.max_value}"
+                )
             return gate
         raise ValueError(f"NeuralMemory: {what} must be a Gate, a float, None or 'learned', got {type(gate).__name__}")
 
@@ -292,15 +345,47 @@ class NeuralMemory(nn.Module):
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         return q, k, v, new_conv
 
-    def _check(self, x: Tensor, state: NeuralMemoryState | None) -> None:
+    def _check(self, x: Any, state: Any) -> None:
+        fn = "NeuralMemory"
+        check_tensor(fn, "x", x)
         if x.ndim != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"NeuralMemory: expected x of shape (batch, seq, {self.dim}), got {tuple(x.shape)}")
-        if x.shape[1] < 1:
-            raise ValueError("NeuralMemory: the sequence is empty (seq = 0)")
-        if state is not None and state.memory.batch != x.shape[0]:
-            raise ValueError(
-                f"NeuralMemory: the state is for batch {state.memory.batch}, the input has batch {x.shape[0]}"
+        for axis, what in ((0, "batch"), (1, "sequence")):
+            if x.shape[axis] < 1:
+                raise ValueError(f"NeuralMemory: the {what} is empty (x of shape {tuple(x.shape)})")
+        check_layer_input(fn, "x", x, self.to_qkv.weight)
+        if state is None:
+            return
+        if not isinstance(state, NeuralMemoryState):
+            raise TypeError(
+                f"NeuralMemory: state must be a NeuralMemoryState or None, got {type(state).__name__}"
             )
+        if not isinstance(state.memory, MemoryState):
+            raise TypeError(
+                f"NeuralMemory: state.memory must be a MemoryState, got {type(state.memory).__name__}"
+            )
+        if (state.memory.batch, state.memory.heads) != (x.shape[0], self.heads):
+            raise ValueError(
+                f"NeuralMemory: the state is for batch {state.memory.batch} and {state.memory.heads} "
+                f"heads, the input has batch {x.shape[0]} and the layer {self.heads} heads"
+            )
+        if state.memory.chunk_size is not None and state.memory.chunk_size != self.chunk_size:
+            raise ValueError(
+                f"NeuralMemory: the state was made with chunk_size = {state.memory.chunk_size}, the "
+                f"layer has chunk_size = {self.chunk_size}"
+            )
+        conv = self.conv
+        want = None if conv is None else (x.shape[0], conv.kernel_size - 1, conv.channels)
+        got = state.conv if state.conv is None else (
+            tuple(state.conv.shape) if isinstance(state.conv, Tensor) else type(state.conv).__name__
+        )
+        if got != want:
+            raise ValueError(
+                f"NeuralMemory: state.conv must be {want} for this layer (conv_kernel "
+                f"{0 if conv is None else conv.kernel_size}), got {got}"
+            )
+        if state.conv is not None:
+            check_layer_input(fn, "state.conv", state.conv, self.to_qkv.weight)
 
     def forward(
         self, x: Float[Tensor, "batch seq dim"], state: NeuralMemoryState | None = None
@@ -323,6 +408,7 @@ class NeuralMemory(nn.Module):
                 chunk_size=self.chunk_size,
                 state=None if state is None else state.memory,
                 objective=self.objective,
+                check_gates=self._scan_gates,  # built-in gates: in range by construction, nan = divergence
                 block_chunks=self.block_chunks,
                 checkpoint=self.checkpoint,
                 forget_target=self.forget_target,

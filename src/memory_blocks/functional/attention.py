@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from memory_blocks.functional.validate import check_integer
+
 __all__ = [
     "MEMORY_VISIBILITIES",
     "Backend",
@@ -44,12 +46,16 @@ Backend = Literal["blocked", "sdpa", "dense", "flex"]
 _BACKENDS = get_args(Backend)
 
 
-def _check_qkv(name: str, q: Tensor, k: Tensor, v: Tensor, *, same_seq: bool = True) -> None:
+def _check_qkv(name: str, q: Any, k: Any, v: Any, *, same_seq: bool = True) -> None:
     for arg, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
         if t.ndim != 4:
             raise ValueError(
                 f"{name}: {arg} must be (batch, heads, seq, dim_head), got shape {tuple(t.shape)}"
             )
+        if not t.is_floating_point():
+            raise ValueError(f"{name}: {arg} must be a floating-point tensor, got {t.dtype}")
     if k.shape != v.shape:
         raise ValueError(f"{name}: k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
     for axis, label in ((0, "batch"), (1, "heads"), (3, "dim_head")):
@@ -57,19 +63,30 @@ def _check_qkv(name: str, q: Tensor, k: Tensor, v: Tensor, *, same_seq: bool = T
             raise ValueError(
                 f"{name}: {label} of q ({q.shape[axis]}) and k ({k.shape[axis]}) differ"
             )
+        if q.shape[axis] < 1:
+            raise ValueError(f"{name}: {label} must be >= 1, got {q.shape[axis]} (q of shape {tuple(q.shape)})")
     if same_seq and q.shape[2] != k.shape[2]:
         raise ValueError(f"{name}: seq of q ({q.shape[2]}) and k ({k.shape[2]}) differ")
     if q.shape[2] < 1:
         raise ValueError(f"{name}: seq must be >= 1, got {q.shape[2]}")
-    if q.dtype != k.dtype or k.dtype != v.dtype or q.device != k.device or k.device != v.device:
-        raise ValueError(f"{name}: q, k, v must share dtype and device")
+    if q.dtype != k.dtype or k.dtype != v.dtype:
+        raise ValueError(f"{name}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.device != k.device or k.device != v.device:
+        raise ValueError(f"{name}: q, k, v must share a device, got {q.device}, {k.device}, {v.device}")
 
 
-def _check_window(name: str, window: int, num_prefix: int) -> None:
-    if window < 1:
-        raise ValueError(f"{name}: window must be >= 1, got {window}")
-    if num_prefix < 0:
-        raise ValueError(f"{name}: num_prefix must be >= 0, got {num_prefix}")
+def _check_window(name: str, window: object, num_prefix: object) -> None:
+    check_integer(name, "window", window, 1)
+    check_integer(name, "num_prefix", num_prefix, 0)
+
+
+def _scale(name: str, scale: object, dim_head: int) -> float:
+    """``scale``, or ``dim_head ** -0.5`` when ``None``; refuses anything but a finite number."""
+    if scale is None:
+        return dim_head ** -0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"{name}: scale must be a finite number or None, got {scale!r}")
+    return float(scale)
 
 
 #: Score elements computed at once by the blocked path. On the CPU 2^20 (float32: 4 MiB)
@@ -216,7 +233,11 @@ def sliding_window_attention(
         block: query block size of the blocked backends (default from ``window``).
 
     Raises:
-        ValueError: on a bad window, prefix, block, backend, or mismatched shapes.
+        ValueError: on a window, prefix or block that is not an integer of its range, a
+            scale that is not a finite number, an unknown backend, mismatched shapes, an
+            empty batch, head, sequence or feature axis, non-floating-point tensors, or
+            q, k, v of different dtypes or devices.
+        TypeError: when q, k or v is not a tensor.
     """
     name = "sliding_window_attention"
     _check_qkv(name, q, k, v)
@@ -226,9 +247,9 @@ def sliding_window_attention(
         raise ValueError(f"{name}: num_prefix ({num_prefix}) exceeds seq ({seq})")
     if backend not in _BACKENDS:
         raise ValueError(f"{name}: backend must be one of {_BACKENDS}, got {backend!r}")
-    if block is not None and block < 1:
-        raise ValueError(f"{name}: block must be >= 1, got {block}")
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if block is not None:
+        check_integer(name, "block", block, 1)
+    scale = _scale(name, scale, q.shape[-1])
     if backend == "dense":
         pos = torch.arange(seq, device=q.device)
         return _masked_softmax_attention(q, k, v, _dense_mask(pos, pos, window, num_prefix), scale)
@@ -258,7 +279,9 @@ def sliding_window_decode(
     the parallel call. Cost ``O(new * context)`` for ``new <= window``, else the blocked path.
 
     Raises:
-        ValueError: on a bad window or prefix, or mismatched shapes.
+        ValueError: on a bad window, prefix or scale, mismatched shapes, empty axes, or
+            tensors that are not floating point or differ in dtype or device.
+        TypeError: when q, k or v is not a tensor.
     """
     name = "sliding_window_decode"
     _check_qkv(name, q, k, v, same_seq=False)
@@ -269,7 +292,7 @@ def sliding_window_decode(
             f"{name}: context ({context}) must hold the prefix ({num_prefix}) and the "
             f"{new} new keys"
         )
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scale = _scale(name, scale, q.shape[-1])
     if new > window:
         # Queries for the context positions are zeros; their outputs are dropped.
         q_full = F.pad(q, (0, 0, context - new, 0))
@@ -347,13 +370,15 @@ def segment_attention(
     Cost ``O(seq * (prefix + memory_per_segment + segment))`` time and memory.
 
     Raises:
-        ValueError: on a bad segment, layout, visibility, or mismatched shapes.
+        ValueError: on a segment or memory_per_segment that is not an integer >= 1, a bad
+            layout, visibility or scale, mismatched shapes, empty axes, or tensors that are
+            not floating point or differ in dtype or device.
+        TypeError: when a tensor argument is not a tensor.
     """
     name = "segment_attention"
     _check_qkv(name, q, k, v)
     batch, heads, seq, dh = q.shape
-    if segment < 1:
-        raise ValueError(f"{name}: segment must be >= 1, got {segment}")
+    check_integer(name, "segment", segment, 1)
     if memory_visibility not in MEMORY_VISIBILITIES:
         raise ValueError(
             f"{name}: memory_visibility must be one of {MEMORY_VISIBILITIES}, got {memory_visibility!r}"
@@ -372,8 +397,7 @@ def segment_attention(
     segments = -(-seq // segment)
     num_memory = memory_k.shape[2]
     per_segment = segment if memory_per_segment is None else memory_per_segment
-    if per_segment < 1:
-        raise ValueError(f"{name}: memory_per_segment must be >= 1, got {per_segment}")
+    check_integer(name, "memory_per_segment", per_segment, 1)
     if memory_visibility != "all" and per_segment > segment:
         raise ValueError(
             f"{name}: {memory_visibility} memory aligns slot m with token m, so memory_per_segment "
@@ -386,7 +410,7 @@ def segment_attention(
         )
     if num_memory == 0:
         per_segment = 0
-    scale = dh ** -0.5 if scale is None else scale
+    scale = _scale(name, scale, dh)
     num_prefix = prefix_k.shape[2]
 
     def blocks(t: Tensor, count: int, size: int) -> Tensor:

@@ -23,6 +23,7 @@ predecessor left. Inside a chunk everything is batched over tokens, batch and he
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -48,9 +49,9 @@ def memorize(
     q: Float[Tensor, "batch heads seq dim_in"],
     k: Float[Tensor, "batch heads seq dim_in"],
     v: Float[Tensor, "batch heads seq dim_out"],
-    lr: Float[Tensor, "batch heads seq"] | dict[str, Float[Tensor, "batch heads seq"]],
-    momentum: Float[Tensor, "batch heads seq"] | None = None,
-    decay: Float[Tensor, "batch heads seq"] | None = None,
+    lr: Float[Tensor, "batch heads seq"] | float | dict[str, Float[Tensor, "batch heads seq"] | float],
+    momentum: Float[Tensor, "batch heads seq"] | float | None = None,
+    decay: Float[Tensor, "batch heads seq"] | float | None = None,
     *,
     chunk_size: int,
     state: MemoryState | None = None,
@@ -59,6 +60,7 @@ def memorize(
     checkpoint: bool = False,
     keep_every: int = 4,
     forget_target: str = "zero",
+    check_gates: bool = True,
 ) -> tuple[Float[Tensor, "batch heads seq dim_out"], MemoryState]:
     """Write ``(k_t, v_t)`` into the memory and read ``q_t``: the fast parallel form.
 
@@ -71,8 +73,11 @@ def memorize(
         q, k: ``(batch, heads, seq, dim_in)`` queries and keys.
         v: ``(batch, heads, seq, dim_out)`` values.
         lr: ``theta``, ``(batch, heads, seq)``; or a dict giving each fast weight its own.
-        momentum: ``eta``, ``(batch, heads, seq)``; ``None`` for plain gradient descent.
-        decay: ``alpha``, ``(batch, heads, seq)``; ``None`` for no forgetting.
+            Every value finite and ``>= 0``. Each gate (``lr``, a value of its dict,
+            ``momentum``, ``decay``) may also be a Python number: the same value for every
+            (batch, head, token), in the keys' dtype.
+        momentum: ``eta`` in ``[0, 1]``, ``(batch, heads, seq)``; ``None`` for plain gradient descent.
+        decay: ``alpha`` in ``[0, 1]``, ``(batch, heads, seq)``; ``None`` for no forgetting.
         chunk_size: tokens per chunk (chunk boundaries are counted from the sequence start,
             across calls when a state is carried).
         state: where a previous call left the memory; ``None`` starts at ``W_0``.
@@ -89,12 +94,34 @@ def memorize(
             the same fraction at every length. Does not change the result.
         forget_target: ``"zero"`` (eq. 14) or ``"init"``: forget towards the memory's initial
             weights ``W_0`` (:mod:`memory_blocks.functional.anchored`).
+        check_gates: scan the gate tensors' values for their ranges (one reduction per gate
+            and one host synchronisation per call). :class:`~memory_blocks.NeuralMemory` turns
+            it off: its gates are in range by construction (sigmoid-bounded learned gates,
+            constants checked when the layer is built), and a gate that became nan inside a
+            diverging model is then a divergence that reaches the output (where training's
+            finite checks report it), not a bad argument.
 
     Returns:
         ``y`` of shape ``(batch, heads, seq, dim_out)`` and the new :class:`MemoryState`
-        (its subnormal entries set to zero, :meth:`MemoryState.without_subnormals`).
+        (its subnormal entries set to zero, :meth:`MemoryState.without_subnormals`; tagged
+        with ``chunk_size``, so that a call with another chunk size refuses it).
+
+    Raises:
+        ValueError: on a bad shape, an empty sequence, a gate outside its range (nan and inf
+            included), a chunk size that is not an integer >= 1, tensors whose dtype differs
+            from the memory model's weights (the dtype rule: no silent cast; under autocast
+            :class:`~memory_blocks.NeuralMemory` casts to float32 itself), or a state that
+            belongs to another memory model, batch, heads, dtype or chunk size.
+        TypeError: on an argument of the wrong kind (a gate that is neither a tensor nor a
+            number, a state that is not a :class:`MemoryState`).
+        RuntimeError: under ``torch.inference_mode()`` (use ``torch.no_grad()``).
+
+    Values of ``q``, ``k``, ``v`` are the caller's data and are not scanned: a nan or inf
+    there passes through to ``y`` and the state.
     """
-    lr_map = check_memorize_args("memorize", memory, q, k, v, lr, momentum, decay, chunk_size, state)
+    lr_map, momentum, decay = check_memorize_args(
+        "memorize", memory, q, k, v, lr, momentum, decay, chunk_size, state, check_gates
+    )
     if isinstance(block_chunks, bool) or not isinstance(block_chunks, int) or block_chunks < 1:
         raise ValueError(f"memorize: block_chunks must be an integer >= 1, got {block_chunks!r}")
     if isinstance(keep_every, bool) or not isinstance(keep_every, int) or keep_every < 0:
@@ -114,7 +141,7 @@ def memorize(
         lr_tensors = dict(lr_map)
     else:
         lr_keys = {n: "" for n in lr_map}
-        lr_tensors = {"": lr}
+        lr_tensors = {"": lr_map[next(iter(lr_map))]}
 
     block = chunk_size * block_chunks if memory.factored else chunk_size
     segments, coefficients = _plan(state.offset, seq, chunk_size, block, lr_tensors, momentum, decay)
@@ -167,6 +194,7 @@ def memorize(
                             (state.offset + seq) % chunk_size)
     if base is not None:
         new_state = from_displacement(new_state, base)
+    new_state = dataclasses.replace(new_state, chunk_size=chunk_size)
     return torch.cat(ys, dim=2), new_state.without_subnormals()
 
 

@@ -48,14 +48,15 @@ def memorize_naive(
     q: Float[Tensor, "batch heads seq dim_in"],
     k: Float[Tensor, "batch heads seq dim_in"],
     v: Float[Tensor, "batch heads seq dim_out"],
-    lr: Float[Tensor, "batch heads seq"] | dict[str, Float[Tensor, "batch heads seq"]],
-    momentum: Float[Tensor, "batch heads seq"] | None = None,
-    decay: Float[Tensor, "batch heads seq"] | None = None,
+    lr: Float[Tensor, "batch heads seq"] | float | dict[str, Float[Tensor, "batch heads seq"] | float],
+    momentum: Float[Tensor, "batch heads seq"] | float | None = None,
+    decay: Float[Tensor, "batch heads seq"] | float | None = None,
     *,
     chunk_size: int,
     state: MemoryState | None = None,
     objective: Callable[[Tensor, Tensor], Tensor] = squared_error,
     forget_target: str = "zero",
+    check_gates: bool = True,
 ) -> tuple[Float[Tensor, "batch heads seq dim_out"], MemoryState]:
     """Write ``(k_t, v_t)`` into the memory and read ``q_t``, one token at a time (the oracle).
 
@@ -76,20 +77,43 @@ def memorize_naive(
         q, k: ``(batch, heads, seq, dim_in)`` queries and keys.
         v: ``(batch, heads, seq, dim_out)`` values.
         lr: ``theta``, ``(batch, heads, seq)``; or a dict giving each fast weight its own.
-        momentum: ``eta``, ``(batch, heads, seq)``; ``None`` for plain gradient descent (the
+            Every value finite and ``>= 0``. Each gate (``lr``, a value of its dict,
+            ``momentum``, ``decay``) may also be a Python number: the same value for every
+            (batch, head, token), in the keys' dtype.
+        momentum: ``eta`` in ``[0, 1]``, ``(batch, heads, seq)``; ``None`` for plain gradient descent (the
             state's momentum then passes through unchanged).
-        decay: ``alpha``, ``(batch, heads, seq)``; ``None`` for no forgetting.
+        decay: ``alpha`` in ``[0, 1]``, ``(batch, heads, seq)``; ``None`` for no forgetting.
         chunk_size: tokens per chunk; gradients inside a chunk use the chunk-start weights.
         state: where a previous call left the memory; ``None`` starts at ``W_0``.
         objective: per-token inner loss ``(pred, target) -> loss``; squared error by default.
         forget_target: ``"zero"`` (eq. 14) or ``"init"`` (forget towards ``W_0``).
+        check_gates: scan the gate tensors' values for their ranges (one reduction per gate
+            and one host synchronisation per call). :class:`~memory_blocks.NeuralMemory` turns
+            it off: its gates are in range by construction (sigmoid-bounded learned gates,
+            constants checked when the layer is built), and a gate that became nan inside a
+            diverging model is then a divergence that reaches the output (where training's
+            finite checks report it), not a bad argument.
 
     Returns:
         ``y`` of shape ``(batch, heads, seq, dim_out)`` and the new :class:`MemoryState`
-        (its subnormal entries set to zero, :meth:`MemoryState.without_subnormals`).
+        (its subnormal entries set to zero, :meth:`MemoryState.without_subnormals`; tagged
+        with ``chunk_size``, so that a call with another chunk size refuses it).
+
+    Raises:
+        ValueError: on a bad shape, an empty sequence, a gate outside its range (nan and inf
+            included), a chunk size that is not an integer >= 1, tensors whose dtype differs
+            from the memory model's weights (the dtype rule: no silent cast; under autocast
+            :class:`~memory_blocks.NeuralMemory` casts to float32 itself), or a state that
+            belongs to another memory model, batch, heads, dtype or chunk size.
+        TypeError: on an argument of the wrong kind (a gate that is neither a tensor nor a
+            number, a state that is not a :class:`MemoryState`).
+        RuntimeError: under ``torch.inference_mode()`` (use ``torch.no_grad()``).
+
+    Values of ``q``, ``k``, ``v`` are the caller's data and are not scanned: a nan or inf
+    there passes through to ``y`` and the state.
     """
-    lr_map = check_memorize_args(
-        "memorize_naive", memory, q, k, v, lr, momentum, decay, chunk_size, state
+    lr_map, momentum, decay = check_memorize_args(
+        "memorize_naive", memory, q, k, v, lr, momentum, decay, chunk_size, state, check_gates
     )
     check_forget_target("memorize_naive", forget_target)
     target = memory.initial_weights() if forget_target == "init" else None
@@ -126,5 +150,5 @@ def memorize_naive(
         weights = new_weights
         ys.append(memory.forward_with(weights, q[:, :, t : t + 1]))
     offset = (state.offset + seq) % chunk_size
-    new_state = MemoryState(weights, mom, anchor if offset else None, offset)
+    new_state = MemoryState(weights, mom, anchor if offset else None, offset, chunk_size)
     return torch.cat(ys, dim=2), new_state.without_subnormals()

@@ -26,6 +26,10 @@ class MemoryState:
         chunk_weights: the weights at the start of the unfinished chunk, where the gradients of
             its remaining tokens are taken; ``None`` at a chunk boundary.
         offset: tokens already written into the unfinished chunk (0 at a chunk boundary).
+        chunk_size: the chunk size of the ``memorize`` call that produced the state, or
+            ``None`` (unknown: a state built by hand, or by ``init_state``). A state with a
+            chunk size is refused by a call with another one: its momentum, its unfinished
+            chunk and its chunk boundaries belong to that chunking.
 
     A user may replace ``weights`` (``dataclasses.replace``) at a chunk boundary to load or
     edit a memory; mid-chunk, the gradients of the chunk's remaining tokens are still taken at
@@ -36,8 +40,27 @@ class MemoryState:
     momentum: dict[str, Tensor]
     chunk_weights: dict[str, Tensor] | None = None
     offset: int = 0
+    chunk_size: int | None = None
 
     def __post_init__(self) -> None:
+        for field, value in (("weights", self.weights), ("momentum", self.momentum)):
+            if not isinstance(value, dict) or not value:
+                raise TypeError(
+                    f"MemoryState: {field} must be a non-empty dict of name -> tensor, got "
+                    f"{type(value).__name__}" + (" (empty)" if isinstance(value, dict) else "")
+                )
+        if isinstance(self.offset, bool) or not isinstance(self.offset, int):
+            raise TypeError(f"MemoryState: offset must be an integer, got {self.offset!r}")
+        if self.chunk_size is not None:
+            if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int):
+                raise TypeError(
+                    f"MemoryState: chunk_size must be an integer or None, got {self.chunk_size!r}"
+                )
+            if not 0 <= self.offset < self.chunk_size:
+                raise ValueError(
+                    f"MemoryState: offset must lie in [0, chunk_size={self.chunk_size}), "
+                    f"got {self.offset}"
+                )
         if set(self.weights) != set(self.momentum):
             raise ValueError(
                 "MemoryState: weights and momentum must name the same tensors, got "
@@ -50,6 +73,21 @@ class MemoryState:
                 "MemoryState: chunk_weights must be given exactly when offset > 0 "
                 f"(offset={self.offset}, chunk_weights is {'None' if self.chunk_weights is None else 'set'})"
             )
+        tensors = [("weights", self.weights), ("momentum", self.momentum)]
+        if self.chunk_weights is not None:
+            if set(self.chunk_weights) != set(self.weights):
+                raise ValueError(
+                    "MemoryState: chunk_weights must name the same tensors as weights, got "
+                    f"{sorted(self.chunk_weights)} and {sorted(self.weights)}"
+                )
+            tensors.append(("chunk_weights", self.chunk_weights))
+        for field, d in tensors:
+            for name, t in d.items():
+                if not isinstance(t, Tensor) or not t.is_floating_point():
+                    what = t.dtype if isinstance(t, Tensor) else type(t).__name__
+                    raise TypeError(
+                        f"MemoryState: {field}[{name!r}] must be a floating-point tensor, got {what}"
+                    )
         for name, w in self.weights.items():
             m = self.momentum[name]
             if w.shape != m.shape:
@@ -85,12 +123,14 @@ class MemoryState:
             return {k: _flush_subnormal(v) for k, v in d.items()}
 
         cw = None if self.chunk_weights is None else clean(self.chunk_weights)
-        return MemoryState(clean(self.weights), clean(self.momentum), cw, self.offset)
+        return MemoryState(clean(self.weights), clean(self.momentum), cw, self.offset, self.chunk_size)
 
     def detach(self) -> MemoryState:
         """The same state cut from the autograd graph (truncated backpropagation)."""
         cw = None if self.chunk_weights is None else _detach(self.chunk_weights)
-        return MemoryState(_detach(self.weights), _detach(self.momentum), cw, self.offset)
+        return MemoryState(
+            _detach(self.weights), _detach(self.momentum), cw, self.offset, self.chunk_size
+        )
 
 
 def _flush_subnormal(t: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memory_blocks.memories.base import MemoryModel
-from memory_blocks.memories.mlp import fast_matrix, residual_norm
+from memory_blocks.memories.mlp import check_expansion, fast_matrix, residual_norm
 
 __all__ = ["GatedMLPMemory"]
 
@@ -30,8 +30,7 @@ class GatedMLPMemory(MemoryModel):
         super().__init__()
         if dim < 1:
             raise ValueError(f"GatedMLPMemory: dim must be >= 1, got {dim}")
-        if expansion <= 0:
-            raise ValueError(f"GatedMLPMemory: expansion must be > 0, got {expansion}")
+        check_expansion("GatedMLPMemory", dim, expansion)
         self.dim_in = self.dim_out = dim
         self.hidden = max(1, round(dim * expansion))
         self.residual_norm = residual_norm

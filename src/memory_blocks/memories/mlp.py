@@ -13,7 +13,7 @@ from memory_blocks.functional.fused import ACTIVATIONS, FusedSpec
 from memory_blocks.memories.activations import get_activation
 from memory_blocks.memories.base import MemoryModel
 
-__all__ = ["MLPMemory", "residual_norm"]
+__all__ = ["MAX_HIDDEN", "MLPMemory", "check_expansion", "residual_norm"]
 
 
 def residual_norm(ops: Any, x: Tensor, h: Tensor) -> Tensor:
@@ -26,6 +26,26 @@ def fast_matrix(dim_out: int, dim_in: int) -> nn.Parameter:
     return nn.Parameter(torch.randn(dim_out, dim_in) / math.sqrt(dim_in))
 
 
+#: The widest hidden layer an MLP memory may have (a bound on ``dim * expansion``): far above
+#: any useful width, it turns a typo (``expansion=1e6``) into an error instead of an
+#: allocation that runs for minutes.
+MAX_HIDDEN = 1 << 20
+
+
+def check_expansion(name: str, dim: int, expansion: object) -> None:
+    """Refuses an ``expansion`` that is not a finite number > 0 giving at most
+    :data:`MAX_HIDDEN` hidden features."""
+    if isinstance(expansion, bool) or not isinstance(expansion, (int, float)):
+        raise ValueError(f"{name}: expansion must be > 0 (a number), got {expansion!r}")
+    if not (math.isfinite(expansion) and expansion > 0):
+        raise ValueError(f"{name}: expansion must be > 0 and finite, got {expansion}")
+    if dim * expansion > MAX_HIDDEN:
+        raise ValueError(
+            f"{name}: expansion={expansion} gives {dim} * {expansion} hidden features, more than "
+            f"the {MAX_HIDDEN} allowed"
+        )
+
+
 class MLPMemory(MemoryModel):
     """``f(W; x) = x + LN(W_L s(... s(W_1 x)))`` (camera-ready §3, ``L_M = depth``).
 
@@ -36,7 +56,8 @@ class MLPMemory(MemoryModel):
     Args:
         dim: features of keys, values, queries and retrievals.
         depth: linear layers ``L_M`` (>= 1).
-        expansion: hidden width as a multiple of ``dim``.
+        expansion: hidden width as a multiple of ``dim`` (a finite number > 0, at most
+            :data:`MAX_HIDDEN` hidden features).
         activation: ``"gelu"`` (default), ``"silu"``, ``"relu"``, ``"tanh"`` or ``"identity"``.
         residual_norm: the residual-and-LayerNorm form (on by default); off gives a plain MLP.
     """
@@ -55,8 +76,7 @@ class MLPMemory(MemoryModel):
             raise ValueError(f"MLPMemory: dim must be >= 1, got {dim}")
         if depth < 1:
             raise ValueError(f"MLPMemory: depth must be >= 1, got {depth}")
-        if expansion <= 0:
-            raise ValueError(f"MLPMemory: expansion must be > 0, got {expansion}")
+        check_expansion("MLPMemory", dim, expansion)
         self.dim_in = self.dim_out = dim
         self.depth = depth
         self.hidden = max(1, round(dim * expansion))
