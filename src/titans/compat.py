@@ -28,6 +28,7 @@ output carries the streaming ``state`` instead of a key-value cache.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +37,7 @@ from jaxtyping import Int
 from torch import Tensor, nn
 
 from titans.config import TitansConfig
-from titans.model import IGNORE_INDEX, TitansLM, TitansOutput, TitansState, sample_next
+from titans.model import IGNORE_INDEX, TitansLM, TitansOutput, TitansState, check_ids, check_sampling, sample_next
 
 __all__ = ["TitansMACConfig", "TitansMACForCausalLM"]
 
@@ -76,14 +77,16 @@ class TitansMACConfig:
             chunk = self.segment_len + self.num_longterm_mem_tokens
         layers = None
         if self.neural_memory_layers is not None:
-            bad = [i for i in self.neural_memory_layers if not 1 <= i <= self.depth]
+            bad = [i for i in self.neural_memory_layers
+                   if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= self.depth]
             if bad:
                 raise ValueError(
                     f"TitansMACConfig.neural_memory_layers: 1-based layer numbers in [1, {self.depth}], got {bad}"
                 )
             layers = tuple(i - 1 for i in self.neural_memory_layers)
-        if not self.ff_mult > 0:
-            raise ValueError(f"TitansMACConfig.ff_mult: must be > 0, got {self.ff_mult}")
+        if (isinstance(self.ff_mult, bool) or not isinstance(self.ff_mult, (int, float))
+                or not math.isfinite(self.ff_mult) or not 0 < self.ff_mult <= 64):
+            raise ValueError(f"TitansMACConfig.ff_mult: must be a finite number in (0, 64], got {self.ff_mult!r}")
         fields = dict(
             variant="mac",
             vocab_size=self.num_tokens,
@@ -130,13 +133,29 @@ class TitansMACForCausalLM(nn.Module):
     ) -> TitansOutput:
         """Logits ``(batch, seq, num_tokens)``; with ``labels`` (Hugging Face convention: the
         label of position ``t`` is predicted from positions ``< t``, ``-100`` ignored), the mean
-        next-token loss."""
+        next-token loss.
+
+        Raises:
+            TypeError, ValueError: bad ``input_ids`` or ``state`` (as :meth:`TitansLM.forward`);
+                ``labels`` not an integer tensor of ``input_ids``' shape with values in
+                ``[0, num_tokens)`` or ``-100``, or no label left after the shift (all ``-100``).
+        """
+        if labels is not None:
+            check_ids("TitansMACForCausalLM", "labels", labels, self.model.config.vocab_size,
+                      device=self.model.embedding.weight.device, ignore_index=IGNORE_INDEX)
+            if labels.shape != input_ids.shape:
+                raise ValueError(
+                    f"TitansMACForCausalLM: labels {tuple(labels.shape)} vs input_ids {tuple(input_ids.shape)}"
+                )
+            if not bool((labels[:, 1:] != IGNORE_INDEX).any()):
+                raise ValueError(
+                    f"TitansMACForCausalLM: no label left to score (labels[:, 1:] are all {IGNORE_INDEX}): the mean "
+                    "loss over no position is undefined; pass labels=None for the logits alone"
+                )
         out = self.model(input_ids, state)
         if labels is None:
             return out
-        if labels.shape != input_ids.shape:
-            raise ValueError(f"TitansMACForCausalLM: labels {tuple(labels.shape)} vs input_ids {tuple(input_ids.shape)}")
-        shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        shifted = F.pad(labels[:, 1:].long(), (0, 1), value=IGNORE_INDEX)
         logits = out.logits.flatten(0, 1)
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
@@ -162,15 +181,28 @@ class TitansMACForCausalLM(nn.Module):
         ``config.max_length``), streaming with the model's state. A row that produced
         ``eos_token_id`` (default ``config.eos_token_id``) is padded with ``pad_token_id``
         afterwards; generation stops when every row has finished.
+
+        Raises:
+            TypeError, ValueError: sampling arguments out of range (see
+                :func:`~titans.model.check_sampling`), ``max_length`` not an int, an
+                ``eos_token_id`` / ``pad_token_id`` outside ``[0, num_tokens)``, bad ``input_ids``.
         """
+        where = "TitansMACForCausalLM.generate"
+        check_ids(where, "input_ids", input_ids, self.model.config.vocab_size)
         if max_new_tokens is None:
             total = self.config.max_length if max_length is None else max_length
+            if isinstance(total, bool) or not isinstance(total, int):
+                raise TypeError(f"{where}: max_length must be an int, got {total!r}")
             max_new_tokens = max(0, total - input_ids.shape[1])
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         pad = self.config.pad_token_id if pad_token_id is None else pad_token_id
         pad = eos if pad is None else pad
-        if temperature < 0 or max_new_tokens < 0:
-            raise ValueError("TitansMACForCausalLM.generate: temperature and max_new_tokens must be >= 0")
+        check_sampling(where, max_new_tokens, temperature, top_k, generator)
+        for name, value in (("eos_token_id", eos), ("pad_token_id", pad)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 0 <= value < self.model.config.vocab_size):
+                vocab = self.model.config.vocab_size
+                raise ValueError(f"{where}: {name} must be a token id in [0, {vocab}), got {value!r}")
         out = self.model(input_ids)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         tokens = [input_ids]

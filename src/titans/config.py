@@ -51,9 +51,12 @@ class TitansConfig:
             (eq. 12), ``"huber"``, ``"lp"``, ``"dot_product"`` with ``objective_kwargs``.
         lr_gate, momentum_gate, decay_gate: ``theta``, ``eta``, ``alpha`` (eqs. 13-14):
             ``"learned"``, a float (constant), or ``None`` (momentum and decay only: off).
+            A constant lies where the update is stable: ``theta`` in ``(0, 1]``
+            (:data:`LR_GATE_LIMITS`), ``eta`` in ``[0, 1)``, ``alpha`` in ``[0, 1]``.
         lr_gate_init, lr_gate_max: the learned ``theta``'s value at initialisation and its
-            ceiling (``0 < init < max``; ``None``: the step scale's own, 0.3 and 1 for
-            ``"normalized"``, 0.01 and 0.1 for ``"literal"``); docs/guides/stability.md.
+            ceiling (``0 < init < max <= 1``, ``init / max`` in ``[1e-6, 1 - 1e-6]``; ``None``:
+            the step scale's own, 0.3 and 1 for ``"normalized"``, 0.01 and 0.1 for
+            ``"literal"``); docs/guides/stability.md.
         step_scale: a name in ``registry.STEP_SCALES``: ``"normalized"`` (default,
             ``theta (1 - eta) / (C lambda_0)``, a documented deviation that keeps the update
             stable) or ``"literal"`` (eq. 13 as written).
@@ -89,6 +92,14 @@ class TitansConfig:
             identity, before it).
         max_seq_len: the window of the ``transformer`` baseline (its full context).
         rotary_base: RoPE base; attention_backend: kernel of sliding-window attention.
+
+    Validation: every field is checked at construction for its kind (integers are ``int``,
+    flags real ``bool``, names strings, numbers finite) and range (``norm_eps`` in
+    ``[1e-12, 1]``, ``memory_expansion`` in ``(0, 64]``, the gates above); nothing is cast.
+
+    Raises:
+        ValueError: a field of the wrong kind or out of range, or two fields that conflict; the
+            message starts with ``TitansConfig.<field>:`` and names the allowed values.
     """
 
     variant: str = "mac"
@@ -139,6 +150,7 @@ class TitansConfig:
     def __post_init__(self) -> None:
         if isinstance(self.memory_layers, list):
             object.__setattr__(self, "memory_layers", tuple(self.memory_layers))
+        _objective_kwargs(self)
         object.__setattr__(self, "objective_kwargs", dict(self.objective_kwargs))
         _validate(self)
 
@@ -173,7 +185,7 @@ class TitansConfig:
     def preset(cls, name: str, *, variant: str = "mac", **overrides: Any) -> TitansConfig:
         """A named size (``"tiny"`` for tests; ``"170m"``, ``"340m"``, ``"760m"`` from the paper's
         Table 5) for ``variant``, with any field overridden."""
-        if name not in PRESETS:
+        if not isinstance(name, str) or name not in PRESETS:
             raise ValueError(f"TitansConfig.preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], "variant": variant, **overrides})
 
@@ -186,9 +198,14 @@ class TitansConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TitansConfig:
-        """The inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        """The inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them.
+
+        Raises:
+            ValueError: ``data`` is not a dict, names unknown fields, or holds a value a field
+                refuses (the message names the field).
+        """
         if not isinstance(data, dict):
-            raise ValueError(f"TitansConfig.from_dict: expected a dict, got {type(data).__name__}")
+            raise ValueError(f"TitansConfig.from_dict: expected a dict of fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -204,16 +221,31 @@ class TitansConfig:
         the stabilising rules existed, so it gets the literal update (``step_scale="literal"``,
         ``forget_target="zero"``) that its model was trained with; one without ``mac_write``
         predates MAC's current defaults, so it gets ``mac_write="attention"`` and (a MAC with
-        the default combine) ``combine="product"``."""
-        data = json.loads(text)
-        if not isinstance(data, dict) or data.get("format") != _FORMAT or "config" not in data:
-            raise ValueError(f"TitansConfig.from_json: not a {_FORMAT!r} document")
+        the default combine) ``combine="product"``.
+
+        Raises:
+            TypeError: ``text`` is not a string.
+            ValueError: ``text`` is not JSON, not a JSON object, not a ``titans-config``
+                document, or a field's value is refused (the message names the field).
+        """
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise TypeError(f"TitansConfig.from_json: expected a JSON string, got {type(text).__name__}")
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"TitansConfig.from_json: not valid JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"TitansConfig.from_json: expected a JSON object, got {type(data).__name__}")
+        if data.get("format") != _FORMAT or "config" not in data:
+            raise ValueError(f"TitansConfig.from_json: not a {_FORMAT!r} document (keys 'format' and 'config')")
         config = data["config"]
-        if isinstance(config, dict) and "step_scale" not in config:
+        if not isinstance(config, dict):
+            raise ValueError(f"TitansConfig.from_json: 'config' must be a JSON object, got {type(config).__name__}")
+        if "step_scale" not in config:
             # Written before the stabilising rules existed (2026-11-30): the model it describes
             # (a checkpoint's) was trained with the paper's literal update.
             config = {**config, "step_scale": "literal", "forget_target": "zero"}
-        if isinstance(config, dict) and "mac_write" not in config:
+        if "mac_write" not in config:
             # Written before MAC's defaults were chosen by the ablation (docs/guides/mac_ablation.md):
             # its MAC wrote the attention output and combined with the product (eq. 25).
             config = {**config, "mac_write": "attention"}
@@ -222,28 +254,111 @@ class TitansConfig:
         return cls.from_dict(config)
 
 
+#: The largest constant ``theta`` (and ``lr_gate_max``) each step scale accepts. ``normalized``:
+#: ``theta`` is in units of ``1 / lambda_0`` and ``theta <= 1`` is stable for every chunk size and
+#: momentum (docs/guides/stability.md, ``benchmarks/step_bound.py``). ``literal``: a step is
+#: stable only while ``theta * lambda < 2``, and the flattest memory (the linear one, curvature
+#: 2) allows ``theta < 1``; the deep memories need far less. A step scale registered under
+#: another name gets its own ``lr_max``.
+LR_GATE_LIMITS = {"normalized": 1.0, "literal": 1.0}
+#: The learned ``theta`` gate starts at ``lr_gate_init / lr_gate_max`` of its ceiling, through
+#: a sigmoid: the ratio must keep the initial logit representable.
+_LR_RATIO = (1e-6, 1 - 1e-6)
+#: ``memory_expansion`` at most this: a memory MLP wider than 64 ``dim_head`` is no longer a
+#: test-time memory of tiny sizes but an allocation of minutes (and ``inf`` a crash).
+MAX_MEMORY_EXPANSION = 64.0
+#: ``norm_eps`` in this range: below it the epsilon vanishes in float32 (a zero vector gives
+#: NaN); above it it swamps the mean square of unit-scale activations.
+NORM_EPS_RANGE = (1e-12, 1.0)
+#: Upper bounds of objective settings. ``lp``'s gradient grows as ``|r|^(p - 1)`` while the
+#: normalised step is measured for the squared error: ``p = 6`` gave NaN logits within 256
+#: tokens (tiny MLP memory), ``p <= 5`` stayed finite; 4 keeps a margin.
+OBJECTIVE_LIMITS = {("lp", "p"): 4.0}
+#: Fields that are speed knobs only: they never change results, so states are shared across them.
+SPEED_FIELDS = ("memory_checkpoint", "memory_block_chunks", "attention_backend")
+_BOOL_FIELDS = ("tie_embeddings", "per_tensor_lr", "memory_checkpoint")
+_STR_FIELDS = (
+    "variant", "memory_model", "memory_activation", "optimizer", "objective", "step_scale", "forget_target",
+    "mac_write", "mac_memory_positions", "mac_memory_visibility", "mac_retrieve_query", "attention_backend",
+)
+
+
+def _fail(name: str, message: str) -> ValueError:
+    return ValueError(f"TitansConfig.{name}: {message}")
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _int(cfg: TitansConfig, name: str, low: int, *, optional: bool = False) -> None:
     value = getattr(cfg, name)
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"TitansConfig.{name}: must be an integer >= {low}, got {value!r}")
+        extra = " or None" if optional else ""
+        raise _fail(name, f"must be an integer >= {low}{extra}, got {value!r}")
 
 
-def _gate(cfg: TitansConfig, name: str, *, allow_none: bool) -> None:
+def _real(cfg: TitansConfig, name: str, low: float, high: float, *, low_open: bool, high_open: bool,
+          why: str = "") -> float:
+    """A finite number (not a bool) in the interval ``low..high`` (open or closed at each end)."""
+    value = getattr(cfg, name)
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if not _is_real(value) or not math.isfinite(value):
+        raise _fail(name, f"must be a finite number in {interval}, got {value!r}")
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if below or above:
+        raise _fail(name, f"must lie in {interval}{why}, got {value!r}")
+    return float(value)
+
+
+def _gate(cfg: TitansConfig, name: str, high: float, *, high_open: bool, low_open: bool, why: str) -> None:
+    """``"learned"``, ``None`` (momentum and decay only) or a constant in the stable range."""
     value = getattr(cfg, name)
     if value is None:
-        if not allow_none:
-            raise ValueError(f"TitansConfig.{name}: cannot be None (the memory would never learn)")
+        if name == "lr_gate":
+            raise _fail(name, "cannot be None (the memory would never learn)")
         return
     if isinstance(value, str):
         registry.MEMORY_GATES.get(value, f"TitansConfig.{name}")
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"TitansConfig.{name}: must be 'learned', a float >= 0 or None, got {value!r}")
+    if not _is_real(value):
+        allowed = "'learned' or a number" + ("" if name == "lr_gate" else " or None")
+        raise _fail(name, f"must be {allowed}, got {value!r}")
+    _real(cfg, name, 0.0, high, low_open=low_open, high_open=high_open, why=why)
+
+
+def _objective_kwargs(cfg: TitansConfig) -> None:
+    kwargs = cfg.objective_kwargs
+    if not isinstance(kwargs, dict):
+        raise _fail("objective_kwargs", f"must be a dict of names to numbers, got {kwargs!r}")
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not _is_real(value) or not math.isfinite(value):
+            raise _fail("objective_kwargs", f"must map names to finite numbers, got {key!r}: {value!r}")
+
+
+def _validate_types(cfg: TitansConfig) -> None:
+    """Every field's kind, before anything compares or hashes it."""
+    for name in _BOOL_FIELDS:
+        value = getattr(cfg, name)
+        if not isinstance(value, bool):
+            raise _fail(name, f"must be true or false (a bool), got {value!r}")
+    for name in _STR_FIELDS:
+        value = getattr(cfg, name)
+        if not isinstance(value, str):
+            raise _fail(name, f"must be a string, got {value!r}")
+    if cfg.combine is not None and not isinstance(cfg.combine, str):
+        raise _fail("combine", f"must be a string or None, got {cfg.combine!r}")
+    _objective_kwargs(cfg)
+    layers = cfg.memory_layers
+    if layers is not None and not isinstance(layers, tuple):
+        raise _fail("memory_layers", f"must be a list of block indices or None, got {layers!r}")
 
 
 def _validate(cfg: TitansConfig) -> None:
+    _validate_types(cfg)
     registry.VARIANTS.get(cfg.variant, "TitansConfig.variant")
     for name, low in (("vocab_size", 1), ("dim", 1), ("depth", 1), ("heads", 1), ("window", 1),
                       ("segment_len", 1), ("num_persistent", 0), ("chunk_size", 1),
@@ -264,37 +379,50 @@ def _validate(cfg: TitansConfig) -> None:
             f"TitansConfig.num_memory_tokens: {cfg.num_memory_tokens} exceeds segment_len={cfg.segment_len} "
             "(memory token m is aligned with segment token m)"
         )
-    if not (isinstance(cfg.memory_expansion, (int, float)) and cfg.memory_expansion > 0):
-        raise ValueError(f"TitansConfig.memory_expansion: must be > 0, got {cfg.memory_expansion!r}")
-    if not (isinstance(cfg.norm_eps, (int, float)) and cfg.norm_eps > 0):
-        raise ValueError(f"TitansConfig.norm_eps: must be > 0, got {cfg.norm_eps!r}")
-    if not (isinstance(cfg.rotary_base, (int, float)) and cfg.rotary_base > 1):
-        raise ValueError(f"TitansConfig.rotary_base: must be > 1, got {cfg.rotary_base!r}")
+    _real(cfg, "memory_expansion", 0.0, MAX_MEMORY_EXPANSION, low_open=True, high_open=False)
+    _real(cfg, "norm_eps", *NORM_EPS_RANGE, low_open=False, high_open=False)
+    value = cfg.rotary_base
+    if not _is_real(value) or not math.isfinite(value) or not value > 1:
+        raise _fail("rotary_base", f"must be a finite number > 1, got {value!r}")
     registry.MEMORY_MODELS.get(cfg.memory_model, "TitansConfig.memory_model")
     registry.ACTIVATIONS.get(cfg.memory_activation, "TitansConfig.memory_activation")
     optimizer = registry.OPTIMIZERS.get(cfg.optimizer, "TitansConfig.optimizer")
     objective = registry.OBJECTIVES.get(cfg.objective, "TitansConfig.objective")
+    for key, value in cfg.objective_kwargs.items():
+        limit = OBJECTIVE_LIMITS.get((cfg.objective, key))
+        if limit is not None and value > limit:
+            raise ValueError(
+                f"TitansConfig.objective_kwargs: {cfg.objective!r}'s {key} must be at most {limit:g} (a larger one "
+                f"makes the memory's update diverge), got {value!r}"
+            )
     try:
         objective(**cfg.objective_kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ValueError(f"TitansConfig.objective_kwargs: {cfg.objective!r} rejects {cfg.objective_kwargs}: {err}") from err
-    _gate(cfg, "lr_gate", allow_none=False)
     step_scale = registry.STEP_SCALES.get(cfg.step_scale, "TitansConfig.step_scale")
     check_forget_target("TitansConfig", cfg.forget_target)
+    lr_limit = LR_GATE_LIMITS.get(cfg.step_scale, step_scale.lr_max)
+    why = f" (the largest stable step of step_scale={cfg.step_scale!r}, docs/guides/stability.md)"
+    _gate(cfg, "lr_gate", lr_limit, low_open=True, high_open=False, why=why)
     for name in ("lr_gate_init", "lr_gate_max"):
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"TitansConfig.{name}: must be a finite number > 0 or None, got {value!r}")
+        if getattr(cfg, name) is not None:
+            _real(cfg, name, 0.0, lr_limit, low_open=True, high_open=False, why=why)
     lr_init = step_scale.lr_init if cfg.lr_gate_init is None else cfg.lr_gate_init
     lr_max = step_scale.lr_max if cfg.lr_gate_max is None else cfg.lr_gate_max
     if not lr_init < lr_max:
         raise ValueError(
             f"TitansConfig.lr_gate_init: must be below lr_gate_max={lr_max}, got {lr_init}"
         )
-    _gate(cfg, "momentum_gate", allow_none=True)
-    _gate(cfg, "decay_gate", allow_none=True)
+    low, high = _LR_RATIO
+    if not low <= lr_init / lr_max <= high:
+        raise ValueError(
+            f"TitansConfig.lr_gate_init: lr_gate_init / lr_gate_max must lie in [{low:g}, {high:g}] (the learned "
+            f"gate starts at that share of its ceiling, through a sigmoid), got {lr_init} / {lr_max}"
+        )
+    _gate(cfg, "momentum_gate", 1.0, low_open=False, high_open=True,
+          why=" (eta = 1 would add up gradients forever: the surprise grows without bound)")
+    _gate(cfg, "decay_gate", 1.0, low_open=False, high_open=False,
+          why=" (alpha is the share of the memory forgotten at each token)")
     if not optimizer.uses_momentum and cfg.momentum_gate not in ("learned", None):
         raise ValueError(f"TitansConfig.momentum_gate: the optimizer {cfg.optimizer!r} uses no momentum")
     if cfg.combine is not None:

@@ -67,8 +67,9 @@ class Registry(Generic[T]):
         return entry
 
     def get(self, name: str, field: str) -> T:
-        """The entry called ``name``; a ``ValueError`` naming the config ``field`` otherwise."""
-        if name not in self._entries:
+        """The entry called ``name``; a ``ValueError`` naming the config ``field`` otherwise
+        (also for a ``name`` that is not a string)."""
+        if not isinstance(name, str) or name not in self._entries:
             raise ValueError(f"{field}: unknown {self.kind} {name!r}; choose one of {self.names()}")
         return self._entries[name]
 

@@ -60,3 +60,20 @@ def test_generate_returns_prompt_and_new_tokens(device):
     first = int(seq[0, 5])
     stopped = model.generate(prompt[:1], max_new_tokens=4, temperature=0.0, eos_token_id=first)
     assert stopped.shape == (1, 6)  # stops once every row has produced eos
+
+
+def test_bad_labels_and_sampling_arguments_are_refused_clearly():
+    model = _small(torch.device("cpu"))
+    ids = torch.randint(0, 50, (2, 5))
+    with pytest.raises(ValueError, match=r"ForCausalLM: labels must lie in \[0, vocab_size=50\) or -100, got 50"):
+        model(ids, labels=torch.full_like(ids, 50))
+    labels = torch.full_like(ids, -100)
+    labels[:, 0] = 3  # the shift drops the only scored column
+    with pytest.raises(ValueError, match="no label left to score"):
+        model(ids, labels=labels)
+    with pytest.raises(ValueError, match="TitansMACForCausalLM.generate: temperature"):
+        model.generate(ids, max_new_tokens=2, temperature=float("nan"))
+    with pytest.raises(ValueError, match="TitansMACForCausalLM.generate: eos_token_id"):
+        model.generate(ids, max_new_tokens=2, eos_token_id=50)
+    with pytest.raises(ValueError, match="TitansMACConfig.ff_mult"):
+        TitansMACConfig(d_model=16, num_heads=2, dim_head=8, ff_mult=float("inf"))

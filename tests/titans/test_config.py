@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import re
+from collections.abc import Iterator
 
+import jaxtyping
 import pytest
 import torch
 
 from titans import PRESETS, TitansConfig, TitansLM, count_parameters
 from tests.titans.helpers import VARIANTS
+
+
+@contextlib.contextmanager
+def library_checks_only() -> Iterator[None]:
+    """The tests run with jaxtyping's runtime type checks, which refuse a wrongly typed argument
+    before the library sees it; inside this block the library's own checks (what a user meets)
+    answer."""
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)
 
 
 @pytest.mark.parametrize(
@@ -42,10 +59,51 @@ from tests.titans.helpers import VARIANTS
         (dict(mac_memory_positions="suffix"), "mac_memory_positions"),
         (dict(mac_memory_visibility="all"), "mac_memory_visibility"),
         (dict(mac_retrieve_query="learned"), "mac_retrieve_query"),
+        # the gates' stable ranges (docs/guides/stability.md)
+        (dict(momentum_gate=2.0), "momentum_gate"),
+        (dict(momentum_gate=1.0), "momentum_gate"),
+        (dict(decay_gate=5.0), "decay_gate"),
+        (dict(lr_gate=10.0), "lr_gate"),
+        (dict(lr_gate=0.0), "lr_gate"),
+        (dict(lr_gate=2.0, step_scale="literal"), "lr_gate"),
+        (dict(lr_gate=float("nan")), "lr_gate"),
+        (dict(lr_gate=True), "lr_gate"),
+        (dict(lr_gate_init=1e-300, lr_gate_max=1e300), "lr_gate_max"),
+        (dict(lr_gate_init=1e-300, lr_gate_max=0.5), "lr_gate_init"),
+        (dict(lr_gate_init=0.5 - 1e-12, lr_gate_max=0.5), "lr_gate_init"),
+        # booleans are bools, strings are strings
+        (dict(tie_embeddings="no"), "tie_embeddings"),
+        (dict(tie_embeddings=1), "tie_embeddings"),
+        (dict(per_tensor_lr="false"), "per_tensor_lr"),
+        (dict(memory_checkpoint=None), "memory_checkpoint"),
+        (dict(variant=["mac"]), "variant"),
+        (dict(memory_model={"mlp": 1}), "memory_model"),
+        (dict(combine=3), "combine"),
+        (dict(forget_target=0), "forget_target"),
+        # every number finite and in range
+        (dict(norm_eps=float("inf")), "norm_eps"),
+        (dict(norm_eps=0.0), "norm_eps"),
+        (dict(norm_eps=1e-300), "norm_eps"),
+        (dict(memory_expansion=1e6), "memory_expansion"),
+        (dict(memory_expansion=float("inf")), "memory_expansion"),
+        (dict(memory_expansion="4"), "memory_expansion"),
+        (dict(rotary_base=float("inf")), "rotary_base"),
+        (dict(rotary_base=True), "rotary_base"),
+        (dict(dim=64.0), "dim"),
+        (dict(depth=True), "depth"),
+        (dict(dim_head="16"), "dim_head"),
+        (dict(num_memory_tokens=-1), "num_memory_tokens"),
+        (dict(objective_kwargs=None), "objective_kwargs"),
+        (dict(objective="huber", objective_kwargs={"delta": float("nan")}), "objective_kwargs"),
+        (dict(objective="huber", objective_kwargs={"delta": -1.0}), "objective_kwargs"),
+        (dict(objective="lp", objective_kwargs={"p": 6.0}), "objective_kwargs"),
+        (dict(memory_layers=1), "memory_layers"),
+        (dict(memory_layers="01"), "memory_layers"),
+        (dict(memory_layers=[0.0]), "memory_layers"),
     ],
 )
 def test_invalid_configs_name_the_field(fields, field):
-    with pytest.raises(ValueError, match=rf"TitansConfig\.{field}"):
+    with library_checks_only(), pytest.raises(ValueError, match=rf"^TitansConfig\.{field}: "):
         TitansConfig(**fields)
 
 
@@ -123,8 +181,6 @@ def test_count_on_meta_equals_a_real_model():
 def test_a_config_document_from_before_macs_defaults_keeps_its_mac() -> None:
     """A MAC checkpoint's config written before ``mac_write`` existed describes a MAC that wrote
     the attention output and multiplied (eq. 25): loading it must rebuild that model."""
-    import json
-
     for combine, expected in ((None, "product"), ("sigmoid", "sigmoid")):
         old = json.loads(TitansConfig(variant="mac", combine=combine).to_json())
         del old["config"]["mac_write"]
@@ -133,3 +189,48 @@ def test_a_config_document_from_before_macs_defaults_keeps_its_mac() -> None:
     current = TitansConfig(variant="mac")
     assert TitansConfig.from_json(current.to_json()) == current
     assert (current.mac_write, current.resolved_combine) == ("input", "normalized")
+
+
+def test_the_stable_edges_of_the_gates_are_accepted():
+    for fields in (dict(momentum_gate=0.0, decay_gate=0.0, lr_gate=1.0), dict(decay_gate=1.0, momentum_gate=0.99),
+                   dict(lr_gate=1.0, step_scale="literal"), dict(lr_gate_init=1e-6, lr_gate_max=1.0),
+                   dict(memory_expansion=64.0, norm_eps=1.0)):
+        assert TitansConfig(**fields)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("5", "expected a JSON object, got int"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ('"mac"', "expected a JSON object, got str"),
+        ("{not json", "not valid JSON"),
+        ("", "not valid JSON"),
+        ('{"format": "titans-config", "config": 5}', "'config' must be a JSON object, got int"),
+        ('{"format": "titans-config", "config": null}', "'config' must be a JSON object, got NoneType"),
+    ],
+)
+def test_from_json_refuses_what_is_not_a_config_document(text, message):
+    with pytest.raises(ValueError, match=rf"^TitansConfig\.from_json: {re.escape(message)}"):
+        TitansConfig.from_json(text)
+
+
+def test_from_json_refuses_wrongly_typed_fields_naming_them():
+    with library_checks_only(), pytest.raises(TypeError, match="TitansConfig.from_json: expected a JSON string"):
+        TitansConfig.from_json(5)  # type: ignore[arg-type]
+    for name, value in (("tie_embeddings", "false"), ("objective_kwargs", None), ("dim", "64"),
+                        ("memory_expansion", "Infinity"), ("lr_gate", float("nan")), ("memory_layers", {"0": 1})):
+        document = json.loads(TitansConfig().to_json())
+        document["config"][name] = value
+        with library_checks_only(), pytest.raises(ValueError, match=rf"^TitansConfig\.{name}: "):
+            TitansConfig.from_json(json.dumps(document))
+    with library_checks_only(), pytest.raises(ValueError, match="TitansConfig.from_dict: expected a dict of fields"):
+        TitansConfig.from_dict([("dim", 8)])  # type: ignore[arg-type]
+    with library_checks_only(), pytest.raises(ValueError, match="unknown preset"):
+        TitansConfig.preset(["tiny"])  # type: ignore[arg-type]
+
+
+def test_a_false_flag_round_trips_as_false():
+    config = TitansConfig.preset("tiny", tie_embeddings=False, per_tensor_lr=True)
+    again = TitansConfig.from_json(config.to_json())
+    assert again.tie_embeddings is False and again.per_tensor_lr is True and again == config

@@ -5,13 +5,17 @@ Every property is checked for every variant, on small random configs, in float64
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from titans import TitansConfig, TitansLM, TitansState
+from titans.model import check_sampling
 from tests.titans.helpers import SMALL, VARIANTS, build, small_configs, state_numel, tiny, token_ids
+from tests.titans.test_config import library_checks_only
 
 TOL = dict(rtol=1e-9, atol=1e-9)
 
@@ -177,8 +181,10 @@ def test_rejects_bad_inputs(device):
     # With runtime shape checking on, jaxtyping catches the mismatch first (a TypeError).
     with pytest.raises((ValueError, TypeError), match="labels"):
         model(ids, labels=ids[:, :2])
-    with pytest.raises(ValueError, match="block states"):
+    with pytest.raises(ValueError, match="no config signature"):
         model(ids, TitansState((), 0))
+    with pytest.raises(ValueError, match="block states"):  # the right signature, the wrong blocks
+        model(ids, TitansState((), 0, model.signature, 2))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -235,3 +241,121 @@ def test_bf16_autocast_runs_the_memory_in_float32(variant: str) -> None:
     assert states  # every memory variant's blocks carry a memory state
     for state in states:  # the fast weights stayed in float32
         assert all(w.dtype == torch.float32 for w in state.memory.weights.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.bool, torch.int16])
+def test_token_ids_of_another_dtype_are_refused(dtype: torch.dtype) -> None:
+    model = build(tiny("mag"), torch.device("cpu"))
+    ids = torch.ones(1, 3, dtype=dtype)
+    # jaxtyping (runtime checking in the tests) may refuse first; either way a TypeError naming input_ids
+    with pytest.raises(TypeError, match="input_ids"):
+        model(ids)
+    with library_checks_only():  # what a user meets: the model's own check, no cast
+        with pytest.raises(TypeError, match=rf"^TitansLM: input_ids must be an integer tensor .*, got {dtype}$"):
+            model(ids)
+        with pytest.raises(TypeError, match=rf"^TitansLM: labels must be an integer tensor .*, got {dtype}$"):
+            model(torch.ones(1, 3, dtype=torch.long), labels=ids)
+        with pytest.raises(TypeError, match="^TitansLM: input_ids must be a tensor of token ids, got list$"):
+            model([[1, 2]])
+
+
+def test_int32_ids_and_labels_work_like_int64() -> None:
+    config = tiny("lmm")
+    model = build(config, torch.device("cpu"))
+    ids = token_ids(config, 2, 5, 0, torch.device("cpu"))
+    a, b = model(ids, labels=ids), model(ids.int(), labels=ids.int())
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.loss, b.loss)
+
+
+def test_labels_out_of_range_and_all_ignored_are_refused() -> None:
+    config = tiny("mal")
+    model = build(config, torch.device("cpu"))
+    ids = token_ids(config, 2, 4, 0, torch.device("cpu"))
+    for bad in (config.vocab_size, -1, -99):
+        labels = ids.clone()
+        labels[1, 2] = bad
+        with pytest.raises(ValueError, match=rf"labels must lie in \[0, vocab_size=64\) or -100, got {bad}"):
+            model(ids, labels=labels)
+    with pytest.raises(ValueError, match="every label is -100"):
+        model(ids, labels=torch.full_like(ids, -100))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3] = 5  # one scored position is enough
+    assert torch.isfinite(model(ids, labels=labels).loss)
+    with pytest.raises(ValueError, match=r"batch >= 1"):
+        model(ids[:0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(temperature=float("nan")), ValueError, "temperature"),
+        (dict(temperature=float("inf")), ValueError, "temperature"),
+        (dict(temperature=-0.5), ValueError, "temperature"),
+        (dict(temperature="hot"), TypeError, "temperature"),
+        (dict(top_k=0), ValueError, "top_k"),
+        (dict(top_k=2.5), TypeError, "top_k"),
+        (dict(max_new_tokens=-1), ValueError, "max_new_tokens"),
+        (dict(max_new_tokens=2.0), TypeError, "max_new_tokens"),
+        (dict(max_new_tokens=True), TypeError, "max_new_tokens"),
+        (dict(generator=0), TypeError, "generator"),
+    ],
+)
+def test_generate_refuses_sampling_arguments_out_of_range(kwargs, error, match) -> None:
+    config = tiny("swa")
+    model = build(config, torch.device("cpu"))
+    args = {"max_new_tokens": 2, **kwargs}
+    # a value of the wrong kind may meet the tests' runtime type checker first: a TypeError naming it too
+    with pytest.raises(error, match=rf"TitansLM.generate: {match}" if error is ValueError else match):
+        model.generate(token_ids(config, 1, 3, 0, torch.device("cpu")), **args)
+    full = {"max_new_tokens": 2, "temperature": 1.0, "top_k": None, "generator": None, **kwargs}
+    with pytest.raises(error, match=rf"TitansLM.generate: {match}"):  # the library's own check
+        check_sampling("TitansLM.generate", full["max_new_tokens"], full["temperature"], full["top_k"],
+                       full["generator"])
+
+
+def test_a_tiny_temperature_samples_the_greedy_token() -> None:
+    config = tiny("swa")
+    model = build(config, torch.device("cpu"))
+    ids = token_ids(config, 2, 3, 0, torch.device("cpu"))
+    greedy = model.generate(ids, 3, temperature=0.0).tokens
+    assert torch.equal(model.generate(ids, 3, temperature=1e-30, generator=torch.Generator().manual_seed(0)).tokens,
+                       greedy)
+
+
+@pytest.mark.parametrize(
+    ("made_by", "used_by", "fields"),
+    [
+        (tiny("mag"), tiny("mal"), ["variant"]),
+        (tiny("lmm", chunk_size=4), tiny("lmm", chunk_size=2), ["chunk_size"]),
+        (tiny("mac", segment_len=8), tiny("mac", segment_len=4), ["segment_len"]),
+        (tiny("mag", window=8, decay_gate=None), tiny("mag", window=4), ["decay_gate", "window"]),
+    ],
+)
+def test_a_state_of_another_config_is_refused_naming_the_fields(made_by, used_by, fields) -> None:
+    cpu = torch.device("cpu")
+    ids = token_ids(made_by, 2, 5, 0, cpu)
+    state = build(made_by, cpu)(ids).state
+    with pytest.raises(ValueError, match="belongs to a model of another config") as info:
+        build(used_by, cpu)(ids, state)
+    message = str(info.value)
+    for name in fields:
+        assert f"{name}={getattr(made_by, name)!r} (model: {getattr(used_by, name)!r})" in message
+    assert message.count("(model:") == len(fields)
+
+
+def test_states_keep_their_signature_and_batch_and_speed_knobs_may_differ() -> None:
+    cpu = torch.device("cpu")
+    config = tiny("mac")
+    model = build(config, cpu)
+    ids = token_ids(config, 2, 5, 0, cpu)
+    state = model(ids[:, :3]).state
+    assert state.signature == model.signature and state.batch == 2
+    detached = state.detach()
+    assert (detached.signature, detached.batch, detached.position) == (state.signature, 2, 3)
+    with pytest.raises(ValueError, match="continues 2 sequences, input_ids has batch 1"):
+        model(ids[:1, 3:], detached)
+    fast = build(dataclasses.replace(config, memory_checkpoint=True, memory_block_chunks=2), cpu)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(ids[:, 3:], detached).logits, model(ids[:, 3:], detached).logits)
+    with pytest.raises(TypeError, match="state"):
+        model(ids, state=(state,))

@@ -180,8 +180,12 @@ class MACBlock(Block):
         if self.memory is not None and self.num_memory_tokens:
             n = min(self.num_memory_tokens, segment.shape[1])
             # The queries' convolution restarts at the segment start: no history from the
-            # previous segment's outputs (which the memory's own stream holds).
-            read = None if segment_memory is None else dataclasses.replace(segment_memory, conv=None)
+            # previous segment's outputs (which the memory's own stream holds). A zero history is
+            # what the convolution assumes at the start of a stream.
+            read = None
+            if segment_memory is not None:
+                conv = segment_memory.conv
+                read = dataclasses.replace(segment_memory, conv=None if conv is None else torch.zeros_like(conv))
             queries = segment[:, :n]
             if self.retrieve_projection is not None:
                 queries = self.retrieve_projection(queries)
