@@ -37,6 +37,7 @@ from titans.config import TitansConfig
 from titans.evaluate import evaluate, json_safe
 from titans.model import count_parameters
 from titans.run_checkpoint import latest_checkpoint
+from titans.run_metrics import read_records
 from titans.tasks import Task, make_task, task_to_dict
 from titans.tasks.base import check_int
 from titans.train import METRICS_NAME, TrainConfig, train
@@ -223,8 +224,7 @@ def _identity(run: RunSpec, spec: AblationSpec) -> dict[str, Any]:
 
 
 def _final_train_record(metrics: Path) -> dict[str, Any]:
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    train_records = [r for r in records if r["kind"] == "train"]
+    train_records = [r for r in read_records(metrics) if r.get("kind") == "train"]
     if not train_records:
         raise ValueError(f"ablation: {metrics} holds no training record")
     return train_records[-1]

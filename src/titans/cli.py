@@ -4,16 +4,19 @@
 
     titans train --variant mac --task mqar --steps 200 --out runs/mac [--config FILE.json]
                  [--preset tiny] [--device cpu|cuda] [--memory mlp --memory-depth 2 --optimizer momentum ...]
-    titans train --out runs/mac --resume [--steps 400]
+    titans train --out runs/mac --resume [--steps 400]   (flags that would change the run are refused)
     torchrun --nproc_per_node 2 -m titans train ...   (DistributedDataParallel; see titans.train)
     titans eval --checkpoint runs/mac --task mqar [--lengths 256,1024,4096] [--depths 0,0.5,1]
     titans ablate ablation.json --out runs/ablation      (see titans.ablation for the file)
     titans demo [--quick] [--variant mag|mac] [--out runs/demo]
 
 Bad input (unknown names, invalid values, missing files) prints one line ``titans: error: ...``
-and exits with status 2; an interrupted run exits with 130 and keeps its last checkpoint. A
-training loss that becomes non-finite exits with 1; so does ``eval`` when the evaluation at any
-length is non-finite (after its report, which shows the loss and no accuracy for that length).
+and exits with status 2; so does a second ``train`` into a directory a living run holds, and
+``--resume`` with flags that differ from the saved run (all of them listed). An interrupted run
+exits with 130 and keeps its last checkpoint. A training loss, gradient or update that becomes
+non-finite exits with 1; so does ``eval`` when the evaluation at any length is non-finite (after
+its report, which shows the loss and no accuracy for that length). Warnings (a torn last line of
+``metrics.jsonl`` dropped on resume) are one line ``titans: warning: ...`` on stderr.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,13 +40,12 @@ from titans.demo import DEMO_VARIANTS, DemoSettings, run_demo
 from titans.evaluate import evaluate, json_safe
 from titans.report import markdown_table, plot_results
 from titans.run_checkpoint import checkpoint_note, latest_checkpoint
-from titans.tasks import TASKS, make_task
-from titans.train import TrainConfig, load_run, train, world
+from titans.tasks import TASKS, Task, make_task, task_to_dict
+from titans.train import DIST_TIMEOUT, TrainConfig, load_run, train, world
 
 __all__ = ["main"]
 
 #: Component overrides: command-line flag -> TitansConfig field, value parser.
-_GATE_HELP = "'learned', a constant >= 0, or 'none'"
 
 
 def _gate(text: str) -> str | float:
@@ -71,13 +75,13 @@ OVERRIDES: dict[str, tuple[str, Any, str]] = {
     "--memory-layers": ("memory_layers", _layers, "comma-separated blocks with a memory, or 'all'"),
     "--optimizer": ("optimizer", str, "inner (memory) optimizer: momentum or gd"),
     "--objective": ("objective", str, "inner objective (squared_error, huber, lp, dot_product)"),
-    "--lr-gate": ("lr_gate", _gate, f"theta: {_GATE_HELP}"),
+    "--lr-gate": ("lr_gate", _gate, "theta: 'learned' or a constant in (0, 1]"),
     "--lr-gate-init": ("lr_gate_init", float, "the learned theta's start value (default: the step scale's)"),
     "--lr-gate-max": ("lr_gate_max", float, "the learned theta's ceiling (default: the step scale's)"),
     "--step-scale": ("step_scale", str, "how theta becomes the step: normalized (default) or literal (eq. 13)"),
     "--forget-target": ("forget_target", str, "where forgetting pulls the memory: init (default, W_0) or zero (eq. 14)"),
-    "--momentum-gate": ("momentum_gate", _gate, f"eta: {_GATE_HELP}"),
-    "--decay-gate": ("decay_gate", _gate, f"alpha: {_GATE_HELP}"),
+    "--momentum-gate": ("momentum_gate", _gate, "eta: 'learned', a constant in [0, 1), or 'none'"),
+    "--decay-gate": ("decay_gate", _gate, "alpha: 'learned', a constant in [0, 1], or 'none'"),
     "--chunk-size": ("chunk_size", int, "memory chunk size"),
     "--conv-kernel": ("conv_kernel", int, "taps of the q/k/v causal convolution (0: none)"),
     "--combine": ("combine", str, "how MAC/MAG merge attention and memory"),
@@ -114,6 +118,32 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
 
 
+#: ``train`` flags -> (TrainConfig field, default). Their parser default is None ("not given"),
+#: so that ``--resume`` can tell a flag given on the command line from its default.
+_TRAIN_FLAGS: dict[str, tuple[str, int | float]] = {
+    "--batch-size": ("batch_size", 8), "--seq-len": ("seq_len", 64), "--warmup": ("warmup", 10),
+    "--eval-every": ("eval_every", 0), "--eval-batches": ("eval_batches", 2),
+    "--checkpoint-every": ("checkpoint_every", 0), "--log-every": ("log_every", 10), "--seed": ("seed", 0),
+    "--lr": ("lr", 1e-3), "--weight-decay": ("weight_decay", 0.1), "--clip": ("clip", 1.0),
+    "--min-lr-ratio": ("min_lr_ratio", 0.1),
+}
+#: ``train`` flags that may change when a run resumes: the length of the run (``--steps``, which
+#: stretches the cosine schedule from then on), where it runs, and how often it reports, evaluates
+#: and checkpoints. Every other flag shapes the trajectory and must match the saved run.
+RESUME_MAY_CHANGE = ("--steps", "--device", "--eval-every", "--eval-batches", "--checkpoint-every", "--log-every",
+                     "--dist-timeout", "--quiet")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
+    return value
+
+
 def _task_options(pairs: list[str]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for pair in pairs:
@@ -141,13 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a task option, e.g. num_pairs=8 (repeatable)")
     tr.add_argument("--steps", type=int, help="optimizer steps (default 100)")
     tr.add_argument("--config", type=Path, help="a TitansConfig JSON file (titans-config document or plain fields)")
-    tr.add_argument("--preset", default="tiny", help="size preset when no --config is given (default tiny)")
-    for flag, default in (("--batch-size", 8), ("--seq-len", 64), ("--warmup", 10), ("--eval-every", 0),
-                          ("--eval-batches", 2), ("--checkpoint-every", 0), ("--log-every", 10), ("--seed", 0)):
-        tr.add_argument(flag, type=int, default=default, help=f"(default {default})")
-    for flag, default in (("--lr", 1e-3), ("--weight-decay", 0.1), ("--clip", 1.0), ("--min-lr-ratio", 0.1)):
-        tr.add_argument(flag, type=float, default=default, help=f"(default {default})")
-    tr.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on cuda)")
+    tr.add_argument("--preset", help="size preset when no --config is given (default tiny)")
+    for flag, (_, default) in _TRAIN_FLAGS.items():
+        tr.add_argument(flag, type=type(default), default=None, help=f"(default {default})")
+    tr.add_argument("--device", help="cpu or cuda (bf16 autocast on cuda; default cpu, on --resume the run's)")
+    tr.add_argument("--dist-timeout", type=_positive_seconds, default=DIST_TIMEOUT, metavar="SECONDS",
+                    help=f"under torchrun: how long the processes wait for each other (default {DIST_TIMEOUT:g})")
     group = tr.add_argument_group("component overrides (TitansConfig fields)")
     for flag, (_, kind, text) in OVERRIDES.items():
         group.add_argument(flag, type=kind, default=None, help=text)
@@ -177,24 +206,85 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
+    """The component flags given: TitansConfig field -> (flag, value as the config holds it)."""
+    given = {}
+    for flag, (field, _, _) in OVERRIDES.items():
+        value = getattr(args, _dest(flag))
+        if value is None:
+            continue
+        if field == "memory_layers" and value == "all":
+            value = None
+        elif field in ("lr_gate", "momentum_gate", "decay_gate") and value == "none":
+            value = None
+        given[field] = (flag, value)
+    return given
+
+
 def _model_config(args: argparse.Namespace) -> TitansConfig:
+    if args.config is not None and args.preset is not None:
+        raise ValueError(f"train: give --config or --preset, not both (got --config {args.config} "
+                         f"and --preset {args.preset})")
     if args.config is not None:
         if not args.config.is_file():
             raise FileNotFoundError(f"--config: {args.config} does not exist")
-        data = json.loads(args.config.read_text())
+        try:
+            data = json.loads(args.config.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--config: {args.config} is not valid JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"--config: {args.config} must hold a JSON object, not a {type(data).__name__}")
         config = TitansConfig.from_json(json.dumps(data)) if "format" in data else TitansConfig.from_dict(data)
     else:
-        config = TitansConfig.preset(args.preset)
-    changes = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in OVERRIDES.items()}
-    changes = {k: v for k, v in changes.items() if v is not None}
-    if changes.get("memory_layers") == "all":
-        changes["memory_layers"] = None
-    for name in ("lr_gate", "momentum_gate", "decay_gate"):
-        if changes.get(name) == "none":
-            changes[name] = None
+        config = TitansConfig.preset("tiny" if args.preset is None else args.preset)
+    changes = {field: value for field, (_, value) in _overrides(args).items()}
     if args.variant is not None:
         changes["variant"] = args.variant
     return dataclasses.replace(config, **changes)
+
+
+def _same(given: Any, saved: Any) -> bool:
+    """Equality of a flag's value and a saved one (a JSON list stands for a tuple)."""
+    normal = [tuple(v) if isinstance(v, list) else v for v in (given, saved)]
+    return normal[0] == normal[1]
+
+
+def _resume_conflicts(args: argparse.Namespace, model_config: TitansConfig, saved: TrainConfig,
+                      task: Task) -> list[str]:
+    """``"--flag VALUE (run: SAVED)"`` for every flag given with ``--resume`` that differs from
+    the saved run (see :data:`RESUME_MAY_CHANGE` for the flags that may)."""
+    conflicts = []
+    if args.variant is not None and args.variant != model_config.variant:
+        conflicts.append(f"--variant {args.variant} (run: {model_config.variant})")
+    if args.task is not None and args.task != task.name:
+        conflicts.append(f"--task {args.task} (run: {task.name})")
+    saved_options = task_to_dict(task)["options"]
+    for key, value in _task_options(args.task_arg).items():
+        if key not in saved_options:
+            conflicts.append(f"--task-arg {key}={json.dumps(value)} (run: the task has no option {key!r})")
+        elif not _same(value, saved_options[key]):
+            conflicts.append(f"--task-arg {key}={json.dumps(value)} (run: {json.dumps(saved_options[key])})")
+    for field, (flag, value) in _overrides(args).items():
+        if not _same(value, getattr(model_config, field)):
+            conflicts.append(f"{flag} {getattr(args, _dest(flag))} (run: {getattr(model_config, field)})")
+    if args.config is not None or args.preset is not None:
+        flag = f"--config {args.config}" if args.config is not None else f"--preset {args.preset}"
+        # the variant comes from --variant (a run's always did), else it is the run's
+        probe = argparse.Namespace(**{**vars(args), "variant": args.variant or model_config.variant})
+        given, run = _model_config(probe).to_dict(), model_config.to_dict()
+        fields = [f"{k} {given.get(k)} (run: {run.get(k)})" for k in sorted(given.keys() | run.keys())
+                  if not _same(given.get(k), run.get(k))]
+        if fields:
+            conflicts.append(f"{flag} (differs in {'; '.join(fields)})")
+    for flag, (field, _) in _TRAIN_FLAGS.items():
+        value = getattr(args, _dest(flag))
+        if flag not in RESUME_MAY_CHANGE and value is not None and value != getattr(saved, field):
+            conflicts.append(f"{flag} {value} (run: {getattr(saved, field)})")
+    return conflicts
 
 
 def _progress(record: dict[str, Any]) -> None:
@@ -213,25 +303,30 @@ def _progress(record: dict[str, Any]) -> None:
 def _train(args: argparse.Namespace) -> int:
     if args.resume:
         model_config, saved, task, _ = load_run(args.out)
-        steps = args.steps if args.steps is not None else saved.steps
-        config = dataclasses.replace(saved, steps=steps, device=args.device)
-        if args.task is not None and args.task != task.name:
-            raise ValueError(f"--task: the run in {args.out} trains {task.name!r}, not {args.task!r}")
+        conflicts = _resume_conflicts(args, model_config, saved, task)
+        if conflicts:
+            raise ValueError(f"--resume: these flags differ from the run in {args.out}: {', '.join(conflicts)} "
+                             f"(only {', '.join(RESUME_MAY_CHANGE)} may change on resume)")
+        changes = {field: getattr(args, _dest(flag)) for flag, (field, _) in _TRAIN_FLAGS.items()
+                   if flag in RESUME_MAY_CHANGE and getattr(args, _dest(flag)) is not None}
+        for name in ("steps", "device"):
+            if getattr(args, name) is not None:
+                changes[name] = getattr(args, name)
+        config = dataclasses.replace(saved, **changes)
     else:
         if args.variant is None or args.task is None:
             raise ValueError("train: --variant and --task are required (unless --resume)")
         model_config = _model_config(args)
         options = {"vocab_size": model_config.vocab_size, **_task_options(args.task_arg)}
         task = make_task(args.task, **options)
-        config = TrainConfig(
-            steps=100 if args.steps is None else args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-            lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
-            clip=args.clip, eval_every=args.eval_every, eval_batches=args.eval_batches,
-            checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed, device=args.device,
-        )
+        numbers = {field: default if getattr(args, _dest(flag)) is None else getattr(args, _dest(flag))
+                   for flag, (field, default) in _TRAIN_FLAGS.items()}
+        config = TrainConfig(steps=100 if args.steps is None else args.steps,
+                             device="cpu" if args.device is None else args.device, **numbers)
     progress = None if args.quiet else _progress
     try:
-        summary = train(model_config, config, task, args.out, resume=args.resume, progress=progress)
+        summary = train(model_config, config, task, args.out, resume=args.resume, progress=progress,
+                        dist_timeout=args.dist_timeout)
     except KeyboardInterrupt:
         note = checkpoint_note(args.out, resume_hint=" (resume with --resume)")
         sys.stderr.write(f"titans: interrupted; {note}\n")
@@ -313,10 +408,21 @@ def _demo(args: argparse.Namespace) -> int:
 _COMMANDS = {"train": _train, "eval": _eval, "ablate": _ablate, "demo": _demo}
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    sys.stderr.write(f"titans: warning: {str(message).splitlines()[0]}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit status (2 for bad input)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with warnings.catch_warnings():  # restores the caller's warning display afterwards
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return _COMMANDS[args.command](args)
     except FloatingPointError as err:  # a diverged run: one line, status 1 (not bad input)

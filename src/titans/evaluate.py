@@ -58,9 +58,10 @@ def evaluate_task(
     ``task`` (``batch_size`` sequences of ``seq_len`` tokens): the mean loss over scored
     positions and the share of scored positions predicted right.
 
-    ``finite`` is False when the loss or any logit is NaN or infinite; ``accuracy`` is then
-    ``None`` (a NaN logit argmaxes to token 0, which is no prediction) and ``loss`` is the
-    non-finite value."""
+    ``finite`` is False when the loss or any logit is NaN or infinite, or the model raises
+    ``FloatingPointError`` (a non-finite value inside it); ``accuracy`` is then ``None`` (a NaN
+    logit argmaxes to token 0, which is no prediction) and ``loss`` is the non-finite value
+    (NaN when the model raised)."""
     if batches < 1:
         raise ValueError(f"evaluate_task: batches must be >= 1, got {batches}")
     device = next(model.parameters()).device
@@ -72,8 +73,11 @@ def evaluate_task(
         for index in range(batches):
             input_ids, labels = task.batch(eval_generator(seed, index), batch_size, seq_len)
             input_ids, labels = input_ids.to(device), labels.to(device)
-            with _autocast(device):
-                logits = model(input_ids).logits
+            try:
+                with _autocast(device):
+                    logits = model(input_ids).logits
+            except FloatingPointError:  # the model refused a NaN or inf of its own: a diverged evaluation
+                return {"loss": math.nan, "accuracy": None, "finite": False}
             logits = logits.float()
             finite_logits = finite_logits and bool(torch.isfinite(logits).all())
             scored = labels != IGNORE_INDEX

@@ -12,17 +12,22 @@ batch of ``batch_size`` sequences and takes its contiguous slice of ``batch_size
 rows; the loss is the sum over the rank's scored tokens divided by the global count of scored
 tokens (times ``world_size``, which undoes DDP's gradient averaging), so the gradients, weights
 and logged losses are those of one process with the same global batch (up to float summation
-order). Only rank 0 writes metrics and checkpoints and reports progress.
+order; :mod:`titans.distributed`). Only rank 0 writes metrics and checkpoints, holds the run
+directory's lock and reports progress. The process group forms within ``dist_timeout`` seconds
+(also the limit of each collective operation), else :func:`train` raises ``TimeoutError``
+naming the rendezvous settings.
+
+Guards: a run holds an OS lock on its directory (:mod:`titans.run_lock`), so a second run into
+the same directory is refused; after every optimizer step the parameters are checked to be
+finite, and a step whose gradient or update is not stops the run before any checkpoint of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,25 +36,44 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from titans.checkpoint import CheckpointError, load_checkpoint_config
 from titans.config import TitansConfig
-from titans.evaluate import evaluate_task, json_safe
+from titans.distributed import (
+    DIST_TIMEOUT,
+    distributed_step,
+    join_process_group,
+    lock_run_everywhere,
+    replica_spread,
+    world,
+)
+from titans.evaluate import evaluate_task
 from titans.model import TitansLM
 from titans.run_checkpoint import (
+    STATE_NAME,
     checkpoint_note,
     latest_checkpoint,
+    load_trainer_state,
     load_training_state,
     save_training_checkpoint,
 )
+from titans.run_lock import lock_run_directory
+from titans.run_metrics import METRICS_NAME, append_record, truncate_after
 from titans.tasks import Task, make_task, task_to_dict
 
-__all__ = ["METRICS_NAME", "TrainConfig", "batch_generator", "load_run", "lr_factor", "train", "world"]
+__all__ = [
+    "DIST_TIMEOUT",
+    "METRICS_NAME",
+    "TrainConfig",
+    "batch_generator",
+    "load_run",
+    "lr_factor",
+    "train",
+    "world",
+]
 
 logger = logging.getLogger(__name__)
-
-METRICS_NAME = "metrics.jsonl"
 #: Fields that must match for a resumed run to continue the same trajectory.
 _RESUME_FIELDS = ("batch_size", "seq_len", "lr", "weight_decay", "warmup", "min_lr_ratio", "clip", "seed")
 
@@ -121,43 +145,17 @@ def batch_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def world() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` of this process: from the initialised process group,
-    else from ``torchrun``'s environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), else ``(0, 1, 0)``."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), local_rank
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), local_rank
-
-
-def _all_sum(value: torch.Tensor) -> torch.Tensor:
-    value = value.detach().clone()
-    dist.all_reduce(value)
-    return value
-
-
-def _replica_spread(model: torch.nn.Module) -> float:
-    """The largest difference of any parameter between the ranks (0.0: identical replicas)."""
-    flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
-    high, low = flat.clone(), flat.clone()
-    dist.all_reduce(high, op=dist.ReduceOp.MAX)
-    dist.all_reduce(low, op=dist.ReduceOp.MIN)
-    return float((high - low).abs().max())
-
-
-def _append(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as handle:  # json_safe: a non-finite evaluation's loss as "nan", not bare NaN
-        handle.write(json.dumps(json_safe(record), sort_keys=True, allow_nan=False) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drops records after ``step`` (written after the checkpoint a run resumes from)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
+def _non_finite_parameters(model: torch.nn.Module, distributed: bool) -> list[str]:
+    """Names of the parameters holding a NaN or infinite value (``[]``: all finite). One
+    reduction and one host sync; under DDP the ranks agree (replicas are identical anyway)."""
+    params = list(model.parameters())
+    flags = torch.stack([torch.isfinite(p).all() for p in params]).logical_not().to(torch.int32)
+    bad = torch.stack([flags.sum()])
+    if distributed:
+        dist.all_reduce(bad)
+    if not int(bad.item()):
+        return []
+    return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
 def _new_model(config: TitansConfig, seed: int, device: torch.device) -> TitansLM:
@@ -170,17 +168,23 @@ def _new_model(config: TitansConfig, seed: int, device: torch.device) -> TitansL
 def _resume(
     out_dir: Path, model_config: TitansConfig, config: TrainConfig, task: Task, device: torch.device
 ) -> tuple[TitansLM, dict[str, Any], dict[str, Any]]:
-    model, optimizer_state, state = load_training_state(latest_checkpoint(out_dir), device)
-    if model.config.to_dict() != model_config.to_dict():
-        raise ValueError(f"train: model_config differs from the checkpoint's in {out_dir}")
+    checkpoint = latest_checkpoint(out_dir)
+    model, optimizer_state, state = load_training_state(checkpoint, device)
+    saved_model, given = model.config.to_dict(), model_config.to_dict()
+    if saved_model != given:
+        fields = [f"{k} {given.get(k)!r} (checkpoint: {saved_model.get(k)!r})"
+                  for k in sorted(saved_model.keys() | given.keys()) if saved_model.get(k) != given.get(k)]
+        raise ValueError(f"train: model_config differs from the checkpoint's in {checkpoint}: {', '.join(fields)}")
     # compare tasks, not their dicts: a checkpoint written before a task gained an option
     # (saved without it) still resumes when the option is at its default
     if make_task(state["task"]["name"], **state["task"]["options"]) != task:
         raise ValueError(f"train: task {task_to_dict(task)} differs from the checkpoint's {state['task']}")
     saved = state["train_config"]
-    changed = [name for name in _RESUME_FIELDS if saved[name] != getattr(config, name)]
+    changed = [f"{name} {getattr(config, name)!r} (checkpoint: {saved[name]!r})"
+               for name in _RESUME_FIELDS if saved[name] != getattr(config, name)]
     if changed:
-        raise ValueError(f"train: resuming needs the same TrainConfig fields {changed} as the checkpoint")
+        raise ValueError(f"train: resuming needs the TrainConfig of the checkpoint in {checkpoint}; these differ: "
+                         f"{', '.join(changed)}")
     return model, optimizer_state, state
 
 
@@ -193,6 +197,7 @@ def train(
     resume: bool = False,
     until: int | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    dist_timeout: float = DIST_TIMEOUT,
 ) -> dict[str, Any]:
     """Trains a :class:`TitansLM` of ``model_config`` on ``task``; writes into ``out_dir``.
 
@@ -202,6 +207,12 @@ def train(
         until: stop (with a checkpoint) after this many steps although the schedule spans
             ``train_config.steps``: an interruption on purpose.
         progress: called with each train record every ``log_every`` steps and each eval record.
+        dist_timeout: under ``torchrun``, seconds the processes wait for each other: to form the
+            process group, and in each collective operation (a checkpoint written by rank 0
+            must take less).
+
+    The run holds an OS lock on ``out_dir`` (``out_dir/.lock``, see :mod:`titans.run_lock`;
+    under ``torchrun`` rank 0 holds it) until it returns or raises.
 
     Each step appends ``{"kind": "train", "step", "loss", "accuracy", "lr", "tokens_per_s"}`` to
     ``metrics.jsonl``; evaluations append ``{"kind": "eval", "step", "loss", "accuracy", "finite"}``
@@ -214,16 +225,32 @@ def train(
     of any parameter between the ranks at the end: 0.0 when the replicas stayed identical).
 
     Raises:
-        FloatingPointError: the training loss became NaN or infinite (before that step's
-            update, so the checkpoints written so far hold finite weights); the message names
-            the newest checkpoint, or says that none was written.
+        FloatingPointError: the training loss or the gradient became NaN or infinite (the
+            step's update is not made), or the update made a parameter non-finite (the message
+            names the first such parameters); the state of that step is never checkpointed, so
+            the checkpoints written so far hold finite weights. The message names the newest
+            checkpoint, or says that none was written.
+        RunLockedError: (a ``ValueError``) another living process trains into ``out_dir``.
+        ValueError: an invalid argument, or a resumed run whose settings differ from its
+            checkpoint's (the message lists the differences).
+        TimeoutError: under ``torchrun``, the processes did not meet within ``dist_timeout``.
 
     Returns:
         ``{"step", "loss", "accuracy", "eval", "checkpoint"}`` of the last step.
     """
+    if isinstance(dist_timeout, bool) or not isinstance(dist_timeout, (int, float)) or not (
+        math.isfinite(dist_timeout) and dist_timeout > 0
+    ):
+        raise ValueError(f"train: dist_timeout must be a finite number of seconds > 0, got {dist_timeout!r}")
+    _check_arguments(model_config, train_config, task, until)
+    out = Path(out_dir)
     rank, world_size, local_rank = world()
     if world_size <= 1:
-        return _train(model_config, train_config, task, Path(out_dir), resume, until, progress, 0, 1, None)
+        lock = lock_run_directory(out, resume=resume)
+        try:
+            return _train(model_config, train_config, task, out, resume, until, progress, 0, 1, None)
+        finally:
+            lock.release()
     if train_config.batch_size % world_size:
         raise ValueError(
             f"train: batch_size {train_config.batch_size} must be divisible by the {world_size} processes"
@@ -234,11 +261,11 @@ def train(
         torch.cuda.set_device(device)
     owned = not dist.is_initialized()
     if owned:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                rank=rank, world_size=world_size)
+        join_process_group("nccl" if device.type == "cuda" else "gloo", rank, world_size, dist_timeout)
+    lock = None
     try:
-        summary = _train(model_config, train_config, task, Path(out_dir), resume, until, progress, rank,
-                         world_size, device)
+        lock = lock_run_everywhere(out, resume, rank, device)
+        summary = _train(model_config, train_config, task, out, resume, until, progress, rank, world_size, device)
         # Free the DDP wrapper (its reducer sits in reference cycles) and let every rank finish
         # its collectives before the group goes: a gloo group torn down at interpreter exit with
         # live references can abort the process ("terminate called without an active exception").
@@ -246,8 +273,25 @@ def train(
         dist.barrier()
         return summary
     finally:
+        if lock is not None:
+            lock.release()
         if owned:
             dist.destroy_process_group()
+
+
+def _check_arguments(model_config: TitansConfig, train_config: TrainConfig, task: Task, until: int | None) -> None:
+    """The checks of :func:`train` that need no file: made before the run directory is touched."""
+    if not isinstance(model_config, TitansConfig):
+        raise TypeError(f"train: model_config must be a TitansConfig, got {type(model_config).__name__}")
+    if not isinstance(train_config, TrainConfig):
+        raise TypeError(f"train: train_config must be a TrainConfig, got {type(train_config).__name__}")
+    if model_config.vocab_size < task.vocab_size:
+        raise ValueError(
+            f"train: the task uses {task.vocab_size} tokens but TitansConfig.vocab_size is {model_config.vocab_size}"
+        )
+    stop = train_config.steps if until is None else until
+    if isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= train_config.steps:
+        raise ValueError(f"train: until must be in [1, steps={train_config.steps}], got {until!r}")
 
 
 def _train(
@@ -266,13 +310,7 @@ def _train(
     lead = rank == 0
     if not lead:
         progress = None
-    if model_config.vocab_size < task.vocab_size:
-        raise ValueError(
-            f"train: the task uses {task.vocab_size} tokens but TitansConfig.vocab_size is {model_config.vocab_size}"
-        )
     stop = train_config.steps if until is None else until
-    if isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= train_config.steps:
-        raise ValueError(f"train: until must be in [1, steps={train_config.steps}], got {until!r}")
     if device is None:
         device = torch.device(train_config.device)
     metrics = out / METRICS_NAME
@@ -281,10 +319,9 @@ def _train(
         model, optimizer_state, state = _resume(out, model_config, train_config, task, device)
         start = int(state["step"])
     else:
-        if out.exists() and any(out.glob("checkpoint-*")):
+        if any(out.glob("checkpoint-*")):
             raise ValueError(f"train: {out} already holds a run (pass resume=True / --resume to continue it)")
         model = _new_model(model_config, train_config.seed, device)
-    out.mkdir(parents=True, exist_ok=True)
     if distributed:
         # Plain DDP: every parameter gets a gradient each step, so find_unused_parameters is not
         # needed. The memory's test-time gradients (torch.autograd.grad / torch.func inside the
@@ -303,7 +340,7 @@ def _train(
         optimizer.load_state_dict(optimizer_state)
         scheduler.load_state_dict(state["scheduler"])
         if lead:
-            _truncate_metrics(metrics, start)
+            truncate_after(metrics, start)
         logger.info("resumed %s at step %d", out, start)
     elif lead and metrics.exists():
         metrics.unlink()
@@ -325,7 +362,7 @@ def _train(
                                batch_size=train_config.batch_size, seed=train_config.seed)
         record = {"kind": "eval", "step": step, **result}  # every rank evaluates its identical replica
         if lead:
-            _append(metrics, record)
+            append_record(metrics, record)
         if result["finite"]:
             logger.info("eval step %d: loss %.4f accuracy %.3f", step, result["loss"], result["accuracy"])
         else:
@@ -345,30 +382,49 @@ def _train(
                                        train_config.seq_len)
         input_ids, labels = input_ids.to(device), labels.to(device)
         lr = optimizer.param_groups[0]["lr"]
-        if distributed:
-            loss, accuracy = _distributed_step(ddp, optimizer, input_ids, labels, rank, world_size, device)
-        else:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                output = model(input_ids, labels=labels)
-            optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
-            loss = float(output.loss.detach())
-            accuracy = task.accuracy(output.logits.detach().float(), labels)
+        try:
+            if distributed:
+                loss, accuracy = distributed_step(ddp, optimizer, input_ids, labels, rank, world_size, device)
+            else:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    output = model(input_ids, labels=labels)
+                optimizer.zero_grad(set_to_none=True)
+                output.loss.backward()
+                loss = float(output.loss.detach())
+                accuracy = task.accuracy(output.logits.detach().float(), labels)
+        except FloatingPointError as err:  # a non-finite value the model itself refuses mid-forward
+            raise FloatingPointError(
+                f"train: step {step + 1} failed: {str(err).splitlines()[0] if str(err) else 'non-finite value'}; "
+                f"the weights were not updated and {checkpoint_note(out)}"
+            ) from err
         if not math.isfinite(loss):  # every rank sees the same (all-reduced) loss and stops together
             raise FloatingPointError(
                 f"train: the loss is {loss} at step {step + 1}; the weights were not updated and "
                 f"{checkpoint_note(out)} (a memory's inner updates can diverge: lower the learning-rate "
                 "gate, the chunk size or the momentum, or the outer learning rate)"
             )
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.clip)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.clip))
+        if not math.isfinite(grad_norm):  # DDP all-reduced the gradients: every rank agrees
+            raise FloatingPointError(
+                f"train: the gradient norm is {grad_norm} at step {step + 1} (the loss, {loss:.4g}, is finite); "
+                f"the weights were not updated and {checkpoint_note(out)}"
+            )
         optimizer.step()
+        broken = _non_finite_parameters(model, distributed)
+        if broken:
+            more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+            raise FloatingPointError(
+                f"train: the update of step {step + 1} made {len(broken)} parameters non-finite "
+                f"({', '.join(broken[:3])}{more}); that state is not saved and {checkpoint_note(out)} "
+                "(lower the learning rate or the weight decay)"
+            )
         scheduler.step()
         done = step + 1
         elapsed = time.perf_counter() - began
         rate = tokens * (done - start) / max(elapsed, 1e-9)
         record = {"kind": "train", "step": done, "loss": loss, "lr": lr, "accuracy": accuracy, "tokens_per_s": rate}
         if lead:
-            _append(metrics, record)
+            append_record(metrics, record)
         if progress is not None and (done % train_config.log_every == 0 or done == stop):
             progress({**record, "eta_s": elapsed / (done - start) * (stop - done), "total": stop})
         if train_config.eval_every and done % train_config.eval_every == 0:
@@ -385,53 +441,30 @@ def _train(
     summary = {"step": stop, "loss": record["loss"], "accuracy": record["accuracy"], "eval": last_eval,
                "checkpoint": str(saved)}
     if distributed:
-        summary.update(world_size=world_size, replica_max_diff=_replica_spread(model))
+        summary.update(world_size=world_size, replica_max_diff=replica_spread(model))
     return summary
-
-
-def _distributed_step(
-    ddp: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    input_ids: torch.Tensor,
-    labels: torch.Tensor,
-    rank: int,
-    world_size: int,
-    device: torch.device,
-) -> tuple[float, float]:
-    """Forward and backward of this rank's slice of the global batch; returns the global loss and
-    accuracy (equal to one process's on the whole batch). The loss whose gradient DDP averages is
-    ``world_size * (sum of this rank's token losses) / (scored tokens of all ranks)``, so the
-    averaged gradient is that of the mean over every scored token of the global batch, however
-    the scored tokens fall between the ranks."""
-    rows = input_ids.shape[0] // world_size
-    part = slice(rank * rows, (rank + 1) * rows)
-    input_ids, labels = input_ids[part], labels[part]
-    scored = labels != -100
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = ddp(input_ids).logits
-        flat = logits.flatten(0, 1)
-        if flat.dtype not in (torch.float32, torch.float64):
-            flat = flat.float()
-        token_sum = F.cross_entropy(flat, labels.flatten(), ignore_index=-100, reduction="sum")
-    correct = ((logits.detach().argmax(-1) == labels) & scored).sum()
-    totals = _all_sum(torch.stack([scored.sum(), correct]).to(torch.float64))  # exact integers
-    count = totals[0].clamp_min(1)
-    (token_sum * (world_size / count.to(token_sum.dtype))).backward()
-    loss = float(_all_sum(token_sum.to(torch.float64)) / count)
-    return loss, float(totals[1] / count)
 
 
 def load_run(out_dir: str | Path) -> tuple[TitansConfig, TrainConfig, Task, int]:
     """``(model_config, train_config, task, step)`` of the newest checkpoint of a run, to resume
-    it (e.g. from the command line, which then needs no model or task arguments)."""
+    it (e.g. from the command line, which then needs no model or task arguments).
+
+    Raises:
+        FileNotFoundError: ``out_dir`` holds no checkpoint, or the checkpoint no trainer state.
+        CheckpointError: (a ``ValueError``) the model config or the trainer state is not
+            readable or not valid; the message names the file.
+    """
     checkpoint = latest_checkpoint(out_dir)
-    document = json.loads((checkpoint / "config.json").read_text())
-    document.pop("dtype", None)
-    model_config = TitansConfig.from_json(json.dumps(document))
-    state_path = checkpoint / "trainer_state.json"
-    if not state_path.is_file():
-        raise FileNotFoundError(f"{state_path} does not exist (not a training checkpoint)")
-    state = json.loads(state_path.read_text())
-    task = make_task(state["task"]["name"], **state["task"]["options"])
-    return model_config, TrainConfig(**state["train_config"]), task, int(state["step"])
+    model_config = load_checkpoint_config(checkpoint)
+    state = load_trainer_state(checkpoint)  # verified; an integer "step" >= 0
+    state_path = checkpoint / STATE_NAME
+    try:
+        task_doc, config_doc, step = state["task"], state["train_config"], state["step"]
+        if not (isinstance(task_doc, dict) and isinstance(task_doc["options"], dict) and isinstance(config_doc, dict)):
+            raise TypeError("task, task.options and train_config must be JSON objects")
+        task = make_task(task_doc["name"], **task_doc["options"])
+        train_config = TrainConfig(**config_doc)
+    except (KeyError, TypeError, ValueError) as err:
+        detail = f"missing key {err}" if isinstance(err, KeyError) else str(err)
+        raise CheckpointError(f"load_run: {state_path} does not hold a valid trainer state: {detail}") from err
+    return model_config, train_config, task, step

@@ -172,9 +172,13 @@ def test_the_example_file_and_the_docs_copy_are_the_same_valid_spec() -> None:
 
 
 def test_a_diverging_run_is_recorded_and_the_ablation_goes_on(tmp_path: Path) -> None:
-    # a constant inner learning rate of 1000 makes every token multiply the memory by ~2000: overflow
-    runs = [{"name": "explodes", "variant": "lmm", "lr_gate": 1000.0, "chunk_size": 1, "step_scale": "literal"}, {"name": "swa", "variant": "swa"}]
-    spec = parse_spec(spec_document(runs=runs))
+    # the paper's literal step at the largest constant rate the config allows (1.0) on a deep
+    # memory at chunk 4 overshoots within 32 tokens: the loss is nan at the first step
+    explodes = {"name": "explodes", "variant": "lmm", "memory_model": "mlp", "lr_gate": 1.0, "chunk_size": 4,
+                "step_scale": "literal", "forget_target": "zero"}
+    runs = [explodes, {"name": "swa", "variant": "swa"}]
+    train = {"steps": 3, "batch_size": 2, "seq_len": 32, "warmup": 1, "log_every": 1, "eval_batches": 1}
+    spec = parse_spec(spec_document(runs=runs, train=train))
     results = run_ablation(spec, tmp_path)
     bad, good = results
     assert "loss is nan" in bad["diverged"] or "loss is inf" in bad["diverged"]
@@ -191,7 +195,8 @@ def test_titans_train_stops_with_one_line_when_the_loss_diverges(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     status = main(["train", "--variant", "lmm", "--task", "mqar", "--steps", "3", "--out", str(tmp_path / "x"),
-                   "--lr-gate", "1000", "--chunk-size", "1", "--batch-size", "2", "--seq-len", "32", "-q"])
+                   "--memory", "mlp", "--lr-gate", "1", "--chunk-size", "4", "--step-scale", "literal",
+                   "--forget-target", "zero", "--batch-size", "2", "--seq-len", "32", "-q"])
     err = capsys.readouterr().err
     assert status == 1 and err.startswith("titans: error: train: the loss is") and err.count("\n") == 1, err
 

@@ -14,6 +14,15 @@ from titans.cli import main
 TINY = ["--batch-size", "2", "--seq-len", "16", "--warmup", "1", "--log-every", "1", "--eval-batches", "1"]
 
 
+def strict_json(text: str) -> object:
+    """``json.loads`` that refuses the non-standard constants NaN, Infinity and -Infinity."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"not strict JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "titans", *args], capture_output=True, text=True, timeout=120, check=False)
 
@@ -23,7 +32,7 @@ def test_train_resume_and_eval_through_python_m(tmp_path: Path) -> None:
     done = run("train", "--variant", "lmm", "--task", "mqar", "--task-arg", "num_pairs=2", "--steps", "2",
                "--out", str(out), "--memory", "linear", "--optimizer", "gd", "--momentum-gate", "none", *TINY)
     assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout)
+    summary = strict_json(done.stdout)
     assert summary["step"] == 2 and Path(summary["checkpoint"]).is_dir()
     assert "step 2/2" in done.stderr and "tok/s" in done.stderr and "ETA" in done.stderr
     config = json.loads((out / "checkpoint-00000002" / "config.json").read_text())["config"]
@@ -31,7 +40,8 @@ def test_train_resume_and_eval_through_python_m(tmp_path: Path) -> None:
 
     resumed = run("train", "--out", str(out), "--resume", "--steps", "3", "-q")
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout)["step"] == 3 and resumed.stderr == ""
+    assert strict_json(resumed.stdout)["step"] == 3 and resumed.stderr == ""
+    assert all(strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines())
 
     evaluated = run("eval", "--checkpoint", str(out), "--task", "mqar", "--task-arg", "num_pairs=2",
                     "--lengths", "8,16", "--batches", "1", "--batch-size", "2", "--json")
@@ -59,6 +69,10 @@ def test_bad_input_is_one_line_and_exit_2_in_a_subprocess(tmp_path: Path) -> Non
         (["train", "--variant", "mac", "--task", "mqar", "--config", "{tmp}/none.json", "--out", "{tmp}/a"],
          "does not exist"),
         (["train", "--variant", "mac", "--task", "mqar", "--device", "tpu", "--out", "{tmp}/a"], "device"),
+        (["train", "--variant", "mag", "--task", "mqar", "--dist-timeout", "0", "--out", "{tmp}/a"],
+         "--dist-timeout"),
+        (["train", "--variant", "mag", "--task", "mqar", "--preset", "tiny", "--config", "{tmp}/c.json",
+          "--out", "{tmp}/a"], "not both"),
         (["train", "--task", "mqar", "--out", "{tmp}/a"], "--variant"),
         (["train", "--out", "{tmp}/a", "--resume"], "no checkpoint"),
         (["eval", "--checkpoint", "{tmp}/missing", "--task", "mqar"], "no checkpoint"),
@@ -110,3 +124,57 @@ def test_component_overrides_map_onto_config_fields() -> None:
     assert config("--memory-layers", "all").memory_layers is None
     c = config("--lr-gate-init", "0.001", "--lr-gate-max", "0.02")
     assert (c.lr_gate_init, c.lr_gate_max) == (0.001, 0.02)
+
+
+def train_tiny(out: Path, *flags: str) -> int:
+    return main(["train", "-q", "--variant", "lmm", "--task", "mqar", "--task-arg", "num_pairs=2", "--memory",
+                 "linear", "--out", str(out), *TINY, *flags])
+
+
+def test_resume_refuses_flags_that_differ_from_the_run_and_lists_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert train_tiny(out, "--steps", "1") == 0
+    capsys.readouterr()
+    status = main(["train", "--out", str(out), "--resume", "--variant", "mac", "--lr", "0.5", "--dim", "64",
+                   "--task-arg", "num_pairs=3", "--seed", "0", "--memory", "linear", "--steps", "2"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"titans: error: --resume: these flags differ from the run in {out}: "
+                          "--variant mac (run: lmm), --task-arg num_pairs=3 (run: 2), --dim 64 (run: 32), "
+                          "--lr 0.5 (run: 0.001) (only --steps"), err
+    status = main(["train", "--out", str(out), "--resume", "--preset", "170m", "--steps", "2"])
+    err = capsys.readouterr().err
+    assert status == 2 and "--preset 170m (differs in " in err and "(run: 32)" in err and "variant" not in err, err
+    assert list(out.glob("checkpoint-*")) == [out / "checkpoint-00000001"]  # nothing ran
+
+    # equal values and the flags that may change (length, device, cadence) are accepted
+    assert main(["train", "-q", "--out", str(out), "--resume", "--variant", "lmm", "--lr", "0.001", "--memory",
+                 "linear", "--steps", "2", "--checkpoint-every", "1", "--device", "cpu"]) == 0
+    summary = strict_json(capsys.readouterr().out)
+    assert summary["step"] == 2 and summary["checkpoint"].endswith("checkpoint-00000002")
+
+
+def test_resume_drops_a_torn_metrics_line_with_a_warning_and_names_a_bad_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert train_tiny(out, "--steps", "2", "--checkpoint-every", "1") == 0
+    metrics = out / "metrics.jsonl"
+    good = metrics.read_text()
+    metrics.write_text(good + '{"accuracy": 0.0, "kind": "tr')  # the writer died mid-line
+    capsys.readouterr()
+    assert main(["train", "-q", "--out", str(out), "--resume", "--steps", "3"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (f"titans: warning: {metrics}: dropped the torn last line 4 (a run stopped while "
+                            """writing it): '{"accuracy": 0.0, "kind": "tr'\n""")
+    records = [strict_json(line) for line in metrics.read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in records] == [("train", 1), ("train", 2), ("eval", 2), ("train", 3),
+                                                         ("eval", 3)]
+
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")  # damage that is no crash
+    assert main(["train", "-q", "--out", str(out), "--resume", "--steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"titans: error: {metrics}: line 2 is not valid JSON") and err.count("\n") == 1, err

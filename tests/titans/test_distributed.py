@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -86,7 +89,8 @@ WORKER = textwrap.dedent("""
     import gc, sys, torch, torch.distributed as dist
     from titans.config import TitansConfig
     from titans.tasks import make_task
-    from titans.train import _distributed_step, _new_model, batch_generator
+    from titans.distributed import distributed_step
+    from titans.train import _new_model, batch_generator
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     config = TitansConfig.preset("tiny")
@@ -96,7 +100,7 @@ WORKER = textwrap.dedent("""
     task = make_task("mqar", vocab_size=config.vocab_size, num_pairs=3)
     input_ids, labels = task.batch(batch_generator(0, 0), 4, 16)
     labels[:2, : labels.shape[1] // 2] = -100  # rank 0's rows score fewer tokens than rank 1's
-    loss, accuracy = _distributed_step(ddp, optimizer, input_ids, labels, rank, world, torch.device("cpu"))
+    loss, accuracy = distributed_step(ddp, optimizer, input_ids, labels, rank, world, torch.device("cpu"))
     grads = {name: p.grad for name, p in model.named_parameters()}
     torch.save({"loss": loss, "accuracy": accuracy, "grads": grads}, f"{sys.argv[1]}/rank{rank}.pt")
     del ddp
@@ -134,3 +138,38 @@ def test_batch_must_divide_among_the_processes(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(ValueError, match="divisible"):
         train(TitansConfig.preset("tiny"), TrainConfig(steps=1, batch_size=4, seq_len=16), task, tmp_path)
     assert not tmp_path.joinpath("metrics.jsonl").exists()
+
+
+def test_a_missing_peer_is_a_clear_timeout_not_a_hang(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    command = [sys.executable, "-m", "titans", "train", *ARGS, "--dist-timeout", "2", "--out", str(tmp_path / "x")]
+    began = time.monotonic()
+    result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - began < 30
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(
+        "titans: error: train: the 2 processes did not meet within 2 s (this is RANK=0 of WORLD_SIZE=2, "
+        f"MASTER_ADDR=127.0.0.1, MASTER_PORT={env['MASTER_PORT']}): start every process"), result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "WORLD_SIZE=2 asks for 2 processes but MASTER_ADDR and MASTER_PORT are not set"),
+    ({"WORLD_SIZE": "two"}, "the environment variable WORLD_SIZE must be an integer, got 'two'"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2, WORLD_SIZE=2"),
+])
+def test_a_bad_distributed_environment_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str
+) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    task = make_task("mqar", vocab_size=TitansConfig.preset("tiny").vocab_size, num_pairs=2)
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        train(TitansConfig.preset("tiny"), TrainConfig(steps=1, batch_size=4, seq_len=16), task, tmp_path / "x")
+    with pytest.raises(ValueError, match="dist_timeout"):
+        train(TitansConfig.preset("tiny"), TrainConfig(steps=1, batch_size=4, seq_len=16), task, tmp_path / "x",
+              dist_timeout=math.inf)
+    assert not (tmp_path / "x").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from titans.evaluate import evaluate
+from titans.manifest import MANIFEST_NAME, write_manifest
 from titans.run_checkpoint import latest_checkpoint, load_training_state
+from titans.run_metrics import append_record, read_records
 from titans.tasks import MQAR, NeedleInHaystack, SelectiveCopy
 from titans.train import TrainConfig, batch_generator, load_run, lr_factor, train
 
@@ -21,8 +24,17 @@ from .helpers import tiny
 FAST = {"batch_size": 2, "seq_len": 16, "warmup": 2, "log_every": 1, "eval_batches": 1}
 
 
+def strict_json(text: str) -> object:
+    """``json.loads`` that refuses the non-standard constants NaN, Infinity and -Infinity."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"not strict JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def losses(out: Path) -> list[tuple[int, float]]:
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
 
 
@@ -54,7 +66,9 @@ def test_resume_continues_the_same_loss_trajectory(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint-00000003"
     with (tmp_path / "resumed" / "metrics.jsonl").open("a") as handle:  # a step logged after the checkpoint
         handle.write(json.dumps({"kind": "train", "step": 4, "loss": 99.0}) + "\n")
-    train(tiny("mag"), config, task, tmp_path / "resumed", resume=True)
+        handle.write('{"accuracy": 0.5, "kind": "train", "lo')  # and a line torn by a crash mid-write
+    with pytest.warns(RuntimeWarning, match="metrics.jsonl: dropped the torn last line 6"):
+        train(tiny("mag"), config, task, tmp_path / "resumed", resume=True)
     assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
     assert [s for s, _ in losses(tmp_path / "resumed")] == list(range(1, 7))
     a = load_file(latest_checkpoint(tmp_path / "straight") / "model.safetensors")
@@ -80,31 +94,94 @@ def test_resume_refuses_a_different_setup(tmp_path: Path) -> None:
 def test_a_checkpoint_saved_before_a_task_option_existed_still_resumes(tmp_path: Path) -> None:
     config = TrainConfig(steps=3, **FAST)
     train(tiny("lmm"), config, MQAR(num_pairs=2), tmp_path, until=2)
-    state_path = latest_checkpoint(tmp_path) / "trainer_state.json"
+    checkpoint = latest_checkpoint(tmp_path)
+    state_path = checkpoint / "trainer_state.json"
     state = json.loads(state_path.read_text())
     del state["task"]["options"]["queries_at_end"]  # as written before MQAR had the option
     state_path.write_text(json.dumps(state))
+    write_manifest(checkpoint, json.loads((checkpoint / MANIFEST_NAME).read_text())["files"])  # edited on purpose
     assert train(tiny("lmm"), config, MQAR(num_pairs=2), tmp_path, resume=True)["step"] == 3
     with pytest.raises(ValueError, match="task"):  # the option at a non-default value is a different task
         train(tiny("lmm"), TrainConfig(steps=4, **FAST), MQAR(num_pairs=2, queries_at_end=True), tmp_path,
               resume=True)
 
 
-def test_train_stops_before_the_update_when_the_loss_is_not_finite(tmp_path: Path) -> None:
+def test_train_stops_before_the_update_when_the_loss_is_not_finite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = sys.modules["titans.train"]  # the package's attribute `train` is the function
+    fresh = module._new_model
+
+    def poisoned(*args: object) -> torch.nn.Module:  # NaN in the last norm: a NaN loss, finite memory
+        model = fresh(*args)
+        with torch.no_grad():
+            model.norm.weight.fill_(math.nan)
+        return model
+
+    monkeypatch.setattr(module, "_new_model", poisoned)
     config = TrainConfig(steps=3, checkpoint_every=1, **FAST)
-    exploding = tiny("lmm", lr_gate=1000.0, chunk_size=1, memory_model="linear", step_scale="literal")
-    with pytest.raises(FloatingPointError, match="loss is (nan|inf) at step 1"):
-        train(exploding, config, MQAR(num_pairs=2), tmp_path / "bad")
+    with pytest.raises(FloatingPointError,
+                       match="loss is nan at step 1; the weights were not updated and no checkpoint"):
+        train(tiny("lmm"), config, MQAR(num_pairs=2), tmp_path / "bad")
     assert not any((tmp_path / "bad").glob("checkpoint-*"))
+    assert read_records(tmp_path / "bad" / "metrics.jsonl") == []
+
+
+@pytest.mark.parametrize(("bad_step", "note"), [
+    (1, "no checkpoint was written"),
+    (3, r"the last checkpoint, \S+checkpoint-00000002, is intact"),
+])
+def test_an_update_that_makes_a_weight_non_finite_stops_the_run_and_is_never_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad_step: int, note: str
+) -> None:
+    step = torch.optim.AdamW.step
+    calls = []
+
+    def diverging(self: torch.optim.AdamW, *args: object, **kwargs: object) -> object:
+        result = step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == bad_step:  # this update overflows one weight, after a finite loss
+            with torch.no_grad():
+                self.param_groups[0]["params"][-1].view(-1)[0] = math.inf
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", diverging)
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match=rf"update of step {bad_step} made 1 parameters non-finite "
+                       rf"\(head\.weight\); that state is not saved and {note}"):
+        train(tiny("lmm"), TrainConfig(steps=4, checkpoint_every=1, **FAST), MQAR(num_pairs=2), out)
+    assert [r["step"] for r in read_records(out / "metrics.jsonl")] == list(range(1, bad_step))  # not the failed one
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{s:08d}" for s in range(1, bad_step)][-2:]
+    if bad_step > 1:
+        weights = load_file(latest_checkpoint(out) / "model.safetensors")
+        assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_metrics_lines_are_strict_json_and_a_bad_line_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    append_record(path, {"kind": "eval", "step": 1, "loss": math.nan, "accuracy": None, "finite": False})
+    append_record(path, {"kind": "train", "step": 2, "loss": math.inf, "accuracy": 0.5})
+    assert [strict_json(line)["loss"] for line in path.read_text().splitlines()] == ["nan", "inf"]
+    assert [r["step"] for r in read_records(path)] == [1, 2]
+    with path.open("a") as handle:
+        handle.write('{"kind": "train", "step": 3, "loss": NaN}\n{"kind": "train", "step": 4}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 3 is not valid JSON"):
+        read_records(path)
+    path.write_text('{"kind": "train", "step": 1}\n[1, 2]\n{"kind": "train", "step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a metrics record"):
+        read_records(path)
+    path.write_text('{"kind": "train", "step": 1}\n{"kind": "train", "step": 2}')  # complete, newline lost
+    assert [r["step"] for r in read_records(path)] == [1, 2]
 
 
 def test_checkpoint_files_are_safetensors_and_json(tmp_path: Path) -> None:
     train(tiny("mal"), TrainConfig(steps=4, checkpoint_every=1, **FAST), MQAR(num_pairs=2), tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["LATEST", "checkpoint-00000003", "checkpoint-00000004", "metrics.jsonl"]  # no temp dirs left
+    # no temporary directories or files, and no lock once the run has ended
+    assert names == ["LATEST", "checkpoint-00000003", "checkpoint-00000004", "metrics.jsonl"]
     checkpoint = latest_checkpoint(tmp_path)
     assert sorted(p.name for p in checkpoint.iterdir()) == [
-        "config.json", "model.safetensors", "optimizer.pt", "trainer_state.json"]
+        "config.json", "manifest.json", "model.safetensors", "optimizer.pt", "trainer_state.json"]
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["task"] == {"name": "mqar", "options": {
         "alpha": 0.1, "num_pairs": 2, "queries_at_end": False, "vocab_size": 64}}
@@ -165,3 +242,28 @@ def test_evaluate_reports_by_length_and_depth() -> None:
         model, MQAR(num_pairs=2), [8], batches=1, batch_size=2)
     with pytest.raises(ValueError, match="depths"):
         evaluate(model, MQAR(), [16], depths=[0.5])
+
+
+def test_a_non_finite_value_refused_inside_the_model_stops_training_and_fails_an_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from titans import TitansLM
+    from titans.evaluate import evaluate_task
+
+    forward, calls = TitansLM.forward, []
+
+    def refusing(self: TitansLM, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) >= 2:  # as a memory that finds NaN in its own gates
+            raise FloatingPointError("memorize: a gate holds nan")
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(TitansLM, "forward", refusing)
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match=r"train: step 2 failed: memorize: a gate holds nan; the weights were "
+                       r"not updated and the last checkpoint, \S+checkpoint-00000001, is intact"):
+        train(tiny("lmm"), TrainConfig(steps=3, checkpoint_every=1, **FAST), MQAR(num_pairs=2), out)
+    model, _, _ = load_training_state(latest_checkpoint(out), torch.device("cpu"))
+    result = evaluate_task(model, MQAR(num_pairs=2), seq_len=16, batches=1, batch_size=2, seed=0)
+    assert result["finite"] is False and result["accuracy"] is None and math.isnan(result["loss"])
+    assert model.training  # restored
