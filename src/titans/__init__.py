@@ -35,7 +35,7 @@ from titans.blocks import (
     MALState,
 )
 from titans.builders import build_block, build_combine, build_memory
-from titans.checkpoint import load_pretrained, save_pretrained
+from titans.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from titans.compat import TitansMACConfig, TitansMACForCausalLM
 from titans.config import PRESETS, TitansConfig
 from titans.demo import DemoSettings, run_demo
@@ -49,7 +49,7 @@ from titans.model import (
     count_parameters,
 )
 from titans.report import markdown_table, plot_results
-from titans.tasks import MQAR, TASKS, NeedleInHaystack, SelectiveCopy, Task, make_task
+from titans.tasks import MQAR, TASKS, NeedleInHaystack, SelectiveCopy, Task, TextTask, make_task
 from titans.train import TrainConfig, train
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "AttentionBlock",
     "AttentionState",
     "Block",
+    "CheckpointError",
     "CombineGate",
     "DemoSettings",
     "GenerateOutput",
@@ -84,6 +85,7 @@ __all__ = [
     "TitansMACForCausalLM",
     "TitansOutput",
     "TitansState",
+    "TextTask",
     "TrainConfig",
     "build_block",
     "build_combine",
