@@ -68,7 +68,10 @@ def restore_registries():
 
 
 @pytest.mark.parametrize("where,code", [pytest.param(f"{f}:{line}", code, id=f"{f}:{line}") for f, line, code in BLOCKS])
-def test_doc_example_runs(where: str, code: str, restore_registries) -> None:
+def test_doc_example_runs(
+    where: str, code: str, restore_registries, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # an example that saves to a relative path writes here, not into the repository
     torch.manual_seed(0)
     namespace: dict[str, object] = {"__name__": f"docs_example_{abs(hash(where))}"}
     exec(compile(code, where, "exec"), namespace)  # noqa: S102 - running our own docs is the point
