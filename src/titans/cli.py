@@ -41,6 +41,7 @@ from titans.evaluate import evaluate, json_safe
 from titans.report import markdown_table, plot_results
 from titans.run_checkpoint import checkpoint_note, latest_checkpoint
 from titans.tasks import TASKS, Task, make_task, task_to_dict
+from titans.tasks.text import BYTE_VOCAB
 from titans.train import DIST_TIMEOUT, TrainConfig, load_run, train, world
 
 __all__ = ["main"]
@@ -157,6 +158,20 @@ def _task_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The task options given on the command line: ``--task-arg`` pairs, and ``--data PATH`` (the
+    text task's ``data``, as an absolute path so that it compares with a saved run's)."""
+    options = _task_options(args.task_arg)
+    if "data" in options and isinstance(options["data"], str):
+        options["data"] = str(Path(options["data"]).expanduser().resolve())
+    if getattr(args, "data", None) is not None:
+        data = str(args.data.expanduser().resolve())
+        if options.get("data", data) != data:
+            raise ValueError(f"--data {args.data} and --task-arg data={options['data']} name different files")
+        options["data"] = data
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="titans", description="Train and evaluate Titans models on synthetic tasks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -169,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--task", help=f"one of {TASKS.names()}")
     tr.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="a task option, e.g. num_pairs=8 (repeatable)")
+    tr.add_argument("--data", type=Path, help="--task text: a UTF-8 file or a folder of them (byte tokens)")
     tr.add_argument("--steps", type=int, help="optimizer steps (default 100)")
     tr.add_argument("--config", type=Path, help="a TitansConfig JSON file (titans-config document or plain fields)")
     tr.add_argument("--preset", help="size preset when no --config is given (default tiny)")
@@ -185,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, type=Path, help="a run directory or a checkpoint directory")
     ev.add_argument("--task", required=True, help=f"one of {TASKS.names()}")
     ev.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
+    ev.add_argument("--data", type=Path, help="--task text: the text (evaluated on its held-out part)")
     ev.add_argument("--lengths", type=_int_list, default=[256, 1024, 4096], help="comma-separated lengths")
     ev.add_argument("--depths", type=_float_list, default=None, help="needle depths in [0, 1] (needle only)")
     ev.add_argument("--batches", type=int, default=2)
@@ -244,6 +261,8 @@ def _model_config(args: argparse.Namespace) -> TitansConfig:
     changes = {field: value for field, (_, value) in _overrides(args).items()}
     if args.variant is not None:
         changes["variant"] = args.variant
+    if args.task == "text" and args.config is None and "vocab_size" not in changes:
+        changes["vocab_size"] = max(config.vocab_size, BYTE_VOCAB)  # bytes: a preset's own vocabulary may be smaller
     return dataclasses.replace(config, **changes)
 
 
@@ -263,7 +282,7 @@ def _resume_conflicts(args: argparse.Namespace, model_config: TitansConfig, save
     if args.task is not None and args.task != task.name:
         conflicts.append(f"--task {args.task} (run: {task.name})")
     saved_options = task_to_dict(task)["options"]
-    for key, value in _task_options(args.task_arg).items():
+    for key, value in _options(args).items():
         if key not in saved_options:
             conflicts.append(f"--task-arg {key}={json.dumps(value)} (run: the task has no option {key!r})")
         elif not _same(value, saved_options[key]):
@@ -317,7 +336,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.variant is None or args.task is None:
             raise ValueError("train: --variant and --task are required (unless --resume)")
         model_config = _model_config(args)
-        options = {"vocab_size": model_config.vocab_size, **_task_options(args.task_arg)}
+        options = {"vocab_size": model_config.vocab_size, **_options(args)}
         task = make_task(args.task, **options)
         numbers = {field: default if getattr(args, _dest(flag)) is None else getattr(args, _dest(flag))
                    for flag, (field, default) in _TRAIN_FLAGS.items()}
@@ -344,7 +363,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.batches < 1 or args.batch_size < 1:
         raise ValueError("--batches and --batch-size must be >= 1")
     model = load_pretrained(latest_checkpoint(args.checkpoint), device=args.device)
-    options = {"vocab_size": model.config.vocab_size, **_task_options(args.task_arg)}
+    options = {"vocab_size": model.config.vocab_size, **_options(args)}
     task = make_task(args.task, **options)
     rows = evaluate(model, task, args.lengths, depths=args.depths, batches=args.batches,
                     batch_size=args.batch_size, seed=args.seed)
@@ -355,6 +374,8 @@ def _eval(args: argparse.Namespace) -> int:
             depth = f"  depth {row['depth']:.2f}" if "depth" in row else ""
             result = (f"loss {row['loss']:.4f}  accuracy {row['accuracy']:.3f}" if row["finite"]
                       else f"loss {row['loss']}  diverged at length {row['length']}")
+            if row["finite"] and "bits_per_byte" in row:
+                result += f"  bits/byte {row['bits_per_byte']:.4f}"
             print(f"{row['task']}  length {row['length']}{depth}  {result}")
     broken = sorted({row["length"] for row in rows if not row["finite"]})
     if broken:

@@ -1,7 +1,9 @@
-"""Evaluation on the synthetic tasks: loss and accuracy per sequence length (and per needle depth).
+"""Evaluation on the tasks: loss and accuracy per sequence length (and per needle depth).
 
 Evaluation batches come from their own seed stream (never the training batches of the same
-seed) and are the same for every model, so runs compare on the same sequences.
+seed) and are the same for every model, so runs compare on the same sequences. A task that
+reads data (:class:`~titans.tasks.TextTask`) is evaluated on its held-out part
+(:func:`~titans.tasks.evaluation_task`), and its rows also give the loss in bits per byte.
 
 No hidden NaN: an evaluation whose loss or logits are NaN or infinite is *non-finite*. It keeps
 its loss but has no accuracy (``None``): NaN logits argmax to token 0, which would otherwise
@@ -20,8 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from titans.model import TitansLM
+from titans.tasks import evaluation_task
 from titans.tasks.base import IGNORE_INDEX, Task
 from titans.tasks.needle import NeedleInHaystack
+from titans.tasks.text import TextTask, bits_per_byte
 
 __all__ = ["eval_generator", "evaluate", "evaluate_task", "json_safe"]
 
@@ -64,6 +68,7 @@ def evaluate_task(
     (NaN when the model raised)."""
     if batches < 1:
         raise ValueError(f"evaluate_task: batches must be >= 1, got {batches}")
+    task = evaluation_task(task)  # a text task's held-out part; the synthetic tasks as they are
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -106,8 +111,9 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """One row ``{"task", "length", "loss", "accuracy", "finite"}`` per length; for the needle
     task one row per (length, depth) with a ``"depth"`` key (``depths`` default
-    ``0, 0.25, ..., 1``). A non-finite row has ``"finite": False`` and ``"accuracy": None``
-    (see :func:`evaluate_task`); write rows as JSON through :func:`json_safe`.
+    ``0, 0.25, ..., 1``); for a text task each row also has ``"bits_per_byte"``. A non-finite
+    row has ``"finite": False`` and ``"accuracy": None`` (see :func:`evaluate_task`); write rows
+    as JSON through :func:`json_safe`.
 
     Raises ``ValueError`` for an empty or non-positive list of lengths, or depths given for a
     task that has none."""
@@ -128,5 +134,7 @@ def evaluate(
             if depth is not None:
                 row["depth"] = depth
             row.update(result)
+            if isinstance(task, TextTask):
+                row["bits_per_byte"] = bits_per_byte(result["loss"])
             rows.append(row)
     return rows

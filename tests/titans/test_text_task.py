@@ -94,3 +94,49 @@ def test_round_trip_and_evaluation_task(corpus: Path, monkeypatch: pytest.Monkey
 
 def test_bits_per_byte() -> None:
     assert bits_per_byte(math.log(256)) == pytest.approx(8.0)  # a uniform guess over bytes
+
+
+def test_evaluation_draws_from_the_held_out_part(corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from titans import TitansLM
+    from titans.evaluate import evaluate
+
+    from .helpers import tiny
+
+    splits: list[str] = []
+    batch = TextTask.batch
+
+    def recording(self: TextTask, generator: torch.Generator, batch_size: int, seq_len: int):
+        splits.append(self.split)
+        return batch(self, generator, batch_size, seq_len)
+
+    monkeypatch.setattr(TextTask, "batch", recording)
+    torch.manual_seed(0)
+    model = TitansLM(tiny("swa", vocab_size=256))
+    rows = evaluate(model, TextTask(str(corpus)), [8, 16], batches=2, batch_size=2)
+    assert splits == ["heldout"] * 4
+    for row in rows:
+        assert row["finite"] and row["bits_per_byte"] == pytest.approx(row["loss"] / math.log(2))
+
+
+def test_train_and_eval_on_text_from_the_command_line(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from titans.checkpoint import load_pretrained
+    from titans.cli import main
+    from titans.run_checkpoint import latest_checkpoint
+
+    out = tmp_path / "run"
+    assert main(["train", "--variant", "swa", "--task", "text", "--data", str(corpus), "--steps", "2",
+                 "--batch-size", "2", "--seq-len", "16", "--eval-batches", "1", "--out", str(out), "-q"]) == 0
+    assert load_pretrained(latest_checkpoint(out)).config.vocab_size == 256  # bytes, though the preset has fewer
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--task", "text", "--data", str(corpus), "--lengths", "16,64",
+                 "--batches", "1", "--batch-size", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.startswith("text  length") and "bits/byte" in line for line in lines)
+    # the same file under another spelling is no conflict; another file is
+    assert main(["train", "--resume", "--out", str(out), "--data", str(corpus.parent / "." / corpus.name),
+                 "--steps", "3", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(out), "--data", str(tmp_path), "--steps", "4", "-q"]) == 2
+    assert "--resume: these flags differ" in capsys.readouterr().err

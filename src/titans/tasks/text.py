@@ -25,8 +25,10 @@ from torch import Tensor
 
 from titans.tasks.base import check_batch_args, masked_accuracy
 
-__all__ = ["TEXT_SPLITS", "TextTask", "bits_per_byte"]
+__all__ = ["BYTE_VOCAB", "TEXT_SPLITS", "TextTask", "bits_per_byte"]
 
+#: Tokens a byte-level model needs: one per byte value.
+BYTE_VOCAB = 256
 #: The parts of the corpus a :class:`TextTask` draws from.
 TEXT_SPLITS = ("train", "heldout")
 
@@ -61,7 +63,7 @@ class TextTask:
     pattern: str = "*"
     heldout_fraction: float = 0.1
     split: str = "train"
-    vocab_size: int = 256
+    vocab_size: int = BYTE_VOCAB
     name: str = "text"
 
     def __post_init__(self) -> None:
@@ -81,7 +83,7 @@ class TextTask:
             raise ValueError(f"TextTask.heldout_fraction: must be a number in (0, 0.5], got {fraction!r}")
         if self.split not in TEXT_SPLITS:
             raise ValueError(f"TextTask.split: must be one of {TEXT_SPLITS}, got {self.split!r}")
-        if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size, int) or self.vocab_size < 256:
+        if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size, int) or self.vocab_size < BYTE_VOCAB:
             raise ValueError(
                 f"TextTask.vocab_size: tokens are bytes, so a model needs at least 256 (--vocab-size 256), "
                 f"got {self.vocab_size!r}"
