@@ -9,16 +9,20 @@ An ablation is described by a JSON document (see :func:`parse_spec`)::
       "model": {"dim": 64, "window": 16},
       "train": {"steps": 200, "batch_size": 16, "seq_len": 128, "lr": 0.003},
       "eval": {"lengths": [128, 256, 512], "batches": 2, "batch_size": 16},
+      "seeds": [0, 1, 2],
       "runs": [
         {"name": "mac-mlp", "variant": "mac"},
         {"name": "mac-linear", "variant": "mac", "memory_model": "linear"},
-        {"name": "swa", "variant": "swa"}
+        {"name": "swa", "variant": "swa", "seeds": [0]}
       ]
     }
 
 Every run trains with :func:`titans.train.train` into ``OUT/runs/NAME`` (its metrics as JSON
-lines, its checkpoints) and writes ``OUT/runs/NAME/result.json``. Running the same ablation
-again reuses finished runs and resumes interrupted ones from their last checkpoint.
+lines, its checkpoints) and writes ``OUT/runs/NAME/result.json``. With ``seeds`` (for every
+run, or a run's own), each seed is a replicate trained from that seed (initialisation and
+data) into ``OUT/runs/NAME/seed-S``; the report gives the mean and spread over them. Running
+the same ablation again reuses finished runs and resumes interrupted ones from their last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -49,22 +53,38 @@ __all__ = [
     "load_spec",
     "metrics_paths",
     "parse_spec",
+    "replicate_dir",
     "run_ablation",
     "run_one",
 ]
 
 RESULT_NAME = "result.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_TOP_KEYS = {"task", "task_args", "preset", "model", "train", "eval", "runs"}
+_TOP_KEYS = {"task", "task_args", "preset", "model", "train", "eval", "runs", "seeds"}
 _EVAL_KEYS = {"lengths", "batches", "batch_size", "seed"}
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of an ablation: a name (a directory name) and the model it trains."""
+    """One run of an ablation.
+
+    Args:
+        name: the run's name (a directory name).
+        model: the model it trains.
+        seeds: replicate seeds, each trained from that seed (initialisation and data) into its
+            own ``seed-S`` directory; empty: one replicate at the training config's seed,
+            directly in the run's directory.
+        changes: the ``TitansConfig`` fields this run sets on top of the ablation's shared
+            model, as ``(field, value)`` pairs (reported in the table's "changes" column).
+    """
 
     name: str
     model: TitansConfig
+    seeds: tuple[int, ...] = ()
+    changes: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_seeds(self.seeds, f"RunSpec({self.name!r}).seeds", allow_empty=True)
 
 
 @dataclass(frozen=True)
@@ -102,6 +122,24 @@ def equal_size_baseline(config: TitansConfig, variant: str = "swa") -> TitansCon
         key=lambda width: abs(count_parameters(dataclasses.replace(base, ffn_hidden=width)) - target)))
 
 
+def _check_seeds(seeds: Any, where: str, *, allow_empty: bool = False) -> tuple[int, ...]:
+    """``seeds`` as a tuple of distinct integers >= 0 (a list from JSON, or a tuple)."""
+    if not isinstance(seeds, (list, tuple)) or (not seeds and not allow_empty):
+        raise ValueError(f"ablation: {where} must be a non-empty list of seeds, got {seeds!r}")
+    for seed in seeds:
+        check_int("ablation", where.removeprefix("ablation."), seed, 0)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"ablation: {where} repeats a seed: {list(seeds)}")
+    return tuple(seeds)
+
+
+def replicate_dir(out_dir: str | Path, name: str, seed: int | None) -> Path:
+    """Where a run's replicate lives: ``OUT/runs/NAME`` (a run without seeds) or
+    ``OUT/runs/NAME/seed-S``."""
+    base = Path(out_dir) / "runs" / name
+    return base if seed is None else base / f"seed-{seed}"
+
+
 def _mapping(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"ablation: {where} must be a JSON object, got {type(value).__name__}")
@@ -120,10 +158,12 @@ def parse_spec(document: dict[str, Any]) -> AblationSpec:
     """Builds an :class:`AblationSpec` from a JSON document (module docstring).
 
     Keys: ``runs`` (required: a non-empty list of objects of :class:`TitansConfig` fields, each
-    with an optional ``name``, by default its values joined by ``-``), ``task`` (default ``"mqar"``), ``task_args``, ``preset``
-    (default ``"tiny"``), ``model`` (fields shared by every run), ``train`` (:class:`TrainConfig`
-    fields), ``eval`` (``lengths``, default ``[train.seq_len]``; ``batches``; ``batch_size``;
-    ``seed``). A run's ``vocab_size`` defaults to the task's needs.
+    with an optional ``name``, by default its values joined by ``-``, and optional ``seeds``),
+    ``task`` (default ``"mqar"``), ``task_args``, ``preset`` (default ``"tiny"``), ``model``
+    (fields shared by every run), ``train`` (:class:`TrainConfig` fields), ``eval``
+    (``lengths``, default ``[train.seq_len]``; ``batches``; ``batch_size``; ``seed``),
+    ``seeds`` (replicate seeds of every run that names none of its own: distinct integers
+    >= 0). A run's ``vocab_size`` defaults to the task's needs.
 
     Raises ``ValueError`` naming the problem: unknown keys or fields, duplicate or unusable
     run names, invalid values.
@@ -158,6 +198,7 @@ def parse_spec(document: dict[str, Any]) -> AblationSpec:
     except TypeError as err:  # a value of the wrong kind that the dataclass could not take
         raise ValueError(f"ablation: 'train': {err}") from err
 
+    shared_seeds = () if "seeds" not in document else _check_seeds(document["seeds"], "'seeds'")
     evaluation = dict(_mapping(document.get("eval", {}), "'eval'"))
     unknown = sorted(set(evaluation) - _EVAL_KEYS)
     if unknown:
@@ -176,6 +217,7 @@ def parse_spec(document: dict[str, Any]) -> AblationSpec:
     for index, run in enumerate(runs):
         run = dict(_mapping(run, f"runs[{index}]"))
         name = run.pop("name", None)
+        seeds = shared_seeds if "seeds" not in run else _check_seeds(run.pop("seeds"), f"runs[{index}].seeds")
         unknown = sorted((set(run) | set(shared)) - fields)
         if unknown:
             raise ValueError(f"ablation: runs[{index}]: unknown TitansConfig fields {unknown}")
@@ -196,7 +238,7 @@ def parse_spec(document: dict[str, Any]) -> AblationSpec:
             raise ValueError(
                 f"ablation: runs[{index}] ({name}): vocab_size {model.vocab_size} < the task's {task.vocab_size}"
             )
-        specs.append(RunSpec(name, model))
+        specs.append(RunSpec(name, model, seeds=seeds, changes=tuple(run.items())))
     return AblationSpec(task=task, train=train_config, lengths=tuple(lengths), runs=tuple(specs),
                         eval_batches=numbers["batches"], eval_batch_size=numbers["batch_size"],
                         eval_seed=numbers["seed"])
@@ -235,13 +277,16 @@ def run_one(
     spec: AblationSpec,
     out_dir: str | Path,
     *,
+    seed: int | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Trains (or reuses, or resumes) one run in ``out_dir`` and evaluates it.
+    """Trains (or reuses, or resumes) one run in ``out_dir`` and evaluates it; with ``seed``,
+    the replicate trained from that seed (``spec.train`` with ``seed`` replaced).
 
-    Returns (and writes to ``out_dir/result.json``) ``{"name", "variant", "parameters",
-    "loss", "accuracy", "tokens_per_s", "train_seconds", "eval": [{"length", "loss",
-    "accuracy", "finite"}, ...], "identity"}`` (each eval row of the needle task also has its
+    Returns (and writes to ``out_dir/result.json``) ``{"name", "variant", "seed", "replicate",
+    "changes", "parameters", "loss", "accuracy", "tokens_per_s", "train_seconds", "eval":
+    [{"length", "loss", "accuracy", "finite"}, ...], "identity"}`` (``seed``: the training
+    seed; ``replicate``: whether ``seed`` was given) (each eval row of the needle task also has its
     ``"depth"``): the last training step's loss and accuracy, the training throughput, and
     the evaluation at every length of the spec. A run whose loss became non-finite is
     recorded, not raised: ``"diverged"`` holds the message, and its
@@ -250,6 +295,9 @@ def run_one(
     string ``"nan"`` or ``"inf"`` (the result is :func:`~titans.evaluate.json_safe`, as written).
     """
     out = Path(out_dir)
+    if seed is not None:
+        check_int("run_one", "seed", seed, 0)
+        spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, seed=seed))
     identity = _identity(run, spec)
     result_path = out / RESULT_NAME
     if result_path.is_file():
@@ -259,7 +307,8 @@ def run_one(
         raise ValueError(f"ablation: {out} holds a finished run of a different spec; remove it or use another --out")
     resume = out.is_dir() and any(out.glob("checkpoint-*"))
     began = time.perf_counter()
-    result: dict[str, Any] = {"name": run.name, "variant": run.model.variant}
+    result: dict[str, Any] = {"name": run.name, "variant": run.model.variant, "seed": spec.train.seed,
+                              "replicate": seed is not None, "changes": [list(pair) for pair in run.changes]}
     try:
         train(run.model, spec.train, spec.task, out, resume=resume, progress=progress)
     except FloatingPointError as err:  # a diverged run is a result of the ablation, not a crash
@@ -289,8 +338,10 @@ def run_one(
 
 
 def metrics_paths(out_dir: str | Path, results: list[dict[str, Any]]) -> list[Path]:
-    """The ``metrics.jsonl`` of each run of :func:`run_ablation`'s ``results`` in ``out_dir``."""
-    return [Path(out_dir) / "runs" / r["name"] / METRICS_NAME for r in results]
+    """The ``metrics.jsonl`` of each run (each replicate) of :func:`run_ablation`'s ``results``
+    in ``out_dir``."""
+    return [replicate_dir(out_dir, r["name"], r["seed"] if r.get("replicate") else None) / METRICS_NAME
+            for r in results]
 
 
 def run_ablation(
@@ -299,15 +350,19 @@ def run_ablation(
     *,
     progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Runs every run of ``spec`` in ``out_dir/runs/NAME`` (see :func:`run_one`), one after
-    the other; returns their results in order and writes them to ``out_dir/results.json``.
+    """Runs every run of ``spec`` (every replicate seed of it) in :func:`replicate_dir` (see
+    :func:`run_one`), one after the other; returns their results in order (the replicates of a
+    run together) and writes them to ``out_dir/results.json``.
 
-    ``progress(name, record)`` receives each run's training records."""
+    ``progress(name, record)`` receives each run's training records (``name`` is
+    ``NAME/seed-S`` for a replicate)."""
     out = Path(out_dir)
     results = []
     for run in spec.runs:
-        report = None if progress is None else (lambda record, name=run.name: progress(name, record))
-        results.append(run_one(run, spec, out / "runs" / run.name, progress=report))
+        for seed in run.seeds or (None,):
+            label = run.name if seed is None else f"{run.name}/seed-{seed}"
+            report = None if progress is None else (lambda record, label=label: progress(label, record))
+            results.append(run_one(run, spec, replicate_dir(out, run.name, seed), seed=seed, progress=report))
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps([{k: v for k, v in r.items() if k != "identity"} for r in results], indent=1,

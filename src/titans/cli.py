@@ -40,7 +40,7 @@ from titans.demo import DEMO_VARIANTS, DemoSettings, run_demo
 from titans.evaluate import evaluate, json_safe
 from titans.report import markdown_table, plot_results
 from titans.run_checkpoint import checkpoint_note, latest_checkpoint
-from titans.tasks import TASKS, Task, make_task, task_to_dict
+from titans.tasks import TASKS, Task, chance_accuracy, make_task, task_to_dict
 from titans.tasks.text import BYTE_VOCAB
 from titans.train import DIST_TIMEOUT, TrainConfig, load_run, train, world
 
@@ -407,7 +407,8 @@ def _ablate(args: argparse.Namespace) -> int:
     table = markdown_table(results)
     png = plot_results(results, args.out / "ablation.png",
                        metrics=metrics_paths(args.out, results),
-                       train_len=spec.train.seq_len, title=f"titans ablate: {args.spec.name} ({spec.task.name})")
+                       train_len=spec.train.seq_len, chance=chance_accuracy(spec.task),
+                       title=f"titans ablate: {args.spec.name} ({spec.task.name})")
     (args.out / "report.md").write_text(f"# Ablation {args.spec.name}: task {spec.task.name}\n\n{table}")
     print(table, end="")
     print(f"wrote {args.out / 'report.md'}, {png}, {args.out / 'results.json'}")

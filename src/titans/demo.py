@@ -114,7 +114,7 @@ def demo_spec(settings: DemoSettings) -> AblationSpec:
 
 def _chance(spec: AblationSpec) -> float:
     """Recall of a guess among the task's values."""
-    return 1 / (spec.task.vocab_size - spec.task.vocab_size // 2)
+    return spec.task.chance_accuracy()
 
 
 def _recall(result: dict[str, Any], length: int) -> str:

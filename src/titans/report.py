@@ -60,29 +60,86 @@ def loss_text(loss: float | str | None) -> str:
     return f"{value:.3f}" if math.isfinite(value) else str(value)
 
 
+def _groups(results: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The results grouped by run name (the replicates of a run together), in first-seen order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(r["name"], []).append(r)
+    return list(groups.values())
+
+
+def _spread(values: Sequence[float | int | None], total: int, fmt: str, scale: float = 1.0, unit: str = "") -> str:
+    """``mean ± sd`` of the real values (sample standard deviation), with ``(k/n finite)`` when
+    some replicates have none; ``-`` when none has one."""
+    real = [scale * v for v in values if v is not None]
+    if not real:
+        return "-"
+    mean = sum(real) / len(real)
+    text = format(mean, fmt) + unit
+    if len(real) > 1:
+        sd = math.sqrt(sum((v - mean) ** 2 for v in real) / (len(real) - 1))
+        text += f" ± {format(sd, fmt)}{unit}"
+    if len(real) < total:
+        text += f" ({len(real)}/{total} finite)"
+    return text
+
+
+def _changes(result: dict[str, Any]) -> str:
+    pairs = result.get("changes") or []
+    return ", ".join(f"{field}={json.dumps(value)}" for field, value in pairs) or "-"
+
+
+def _eval_loss(result: dict[str, Any], length: int) -> float | None:
+    row = _row(result, length)
+    return float(row["loss"]) if _finite(row) else None
+
+
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
-    """One row per run: name, variant, parameters, final training loss and accuracy, training
-    tokens/s, wall time, then the evaluation accuracy (as a percentage) and loss at every
-    length. A run that diverged in training shows ``diverged`` in place of its numbers; an
-    evaluation that is non-finite shows ``diverged at length N`` in place of its accuracy, and
-    its loss (``nan`` or ``inf``)."""
+    """One row per run: name, variant, (the fields it changes, when any run changes some),
+    parameters, (its seeds, when a run has replicates), final training loss and accuracy,
+    training tokens/s, wall time, then the evaluation accuracy (as a percentage) and loss at
+    every length.
+
+    A run with several replicates (seeds) shows ``mean ± sd`` over them in every cell (the
+    sample standard deviation), and ``(k/n finite)`` where only k of its n replicates have a
+    finite value there. A single run that diverged in training shows ``diverged`` in place of
+    its numbers; an evaluation that is non-finite shows ``diverged at length N`` in place of its
+    accuracy, and its loss (``nan`` or ``inf``)."""
     if not results:
         raise ValueError("markdown_table: no results")
     lengths = [row["length"] for row in results[0]["eval"]]
-    head = ["run", "variant", "parameters", "train loss", "train acc", "train tok/s", "train s"]
+    groups = _groups(results)
+    show_changes = any(r.get("changes") for r in results)
+    show_seeds = any(len(g) > 1 or g[0].get("replicate") for g in groups)
+    head = ["run", "variant"] + (["changes"] if show_changes else []) + ["parameters"]
+    head += (["seeds"] if show_seeds else []) + ["train loss", "train acc", "train tok/s", "train s"]
     head += [f"acc @ {n}" for n in lengths] + [f"loss @ {n}" for n in lengths]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results:
-        cells = [r["name"], r["variant"], f"{r['parameters']:,}"]
-        if r.get("diverged"):
+    for group in groups:
+        r = group[0]
+        cells = [r["name"], r["variant"]] + ([_changes(r)] if show_changes else []) + [f"{r['parameters']:,}"]
+        if show_seeds:
+            cells.append(", ".join(str(x.get("seed", "-")) for x in group))
+        if len(group) == 1 and r.get("diverged"):
             cells += ["diverged", "-", "-", f"{r['train_seconds']:.0f}"] + ["-"] * (2 * len(lengths))
-        else:
+        elif len(group) == 1:
             cells += [f"{r['loss']:.3f}", f"{100 * r['accuracy']:.1f}%", f"{r['tokens_per_s']:,.0f}",
                       f"{r['train_seconds']:.0f}"]
             accuracies = [accuracy_at(r, n) for n in lengths]
             cells += [f"diverged at length {n}" if a is None else f"{100 * a:.1f}%"
                       for n, a in zip(lengths, accuracies)]
             cells += [loss_text(_row(r, n)["loss"]) for n in lengths]
+        else:
+            total = len(group)
+            trained = [x for x in group if not x.get("diverged")]
+            cells += [_spread([x["loss"] for x in trained], total, ".3f"),
+                      _spread([x["accuracy"] for x in trained], total, ".1f", 100.0, "%"),
+                      _spread([x["tokens_per_s"] for x in trained], total, ",.0f"),
+                      _spread([x["train_seconds"] for x in group], total, ".0f")]
+            cells += [_spread([None if x.get("diverged") else accuracy_at(x, n) for x in group], total, ".1f", 100.0, "%")
+                      for n in lengths]
+            cells += [_spread([None if x.get("diverged") else _eval_loss(x, n) for x in group], total, ".3f")
+                      for n in lengths]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -94,7 +151,7 @@ def _losses(metrics: Path) -> tuple[list[int], list[float]]:
             record = json.loads(line)
             if record["kind"] == "train":
                 steps.append(record["step"])
-                losses.append(record["loss"])
+                losses.append(float(record["loss"]))  # strict JSON writes a non-finite loss as "nan"
     return steps, losses
 
 
@@ -122,19 +179,26 @@ def plot_results(
     panels = 2 if metrics is not None else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
     ax = axes[0][0]
-    for index, r in enumerate(results):
-        if r.get("diverged"):
-            ax.plot([], [], marker="x", linestyle="none", label=f"{r['name']} (diverged)")
+    colors = {}
+    for index, group in enumerate(_groups(results)):
+        name = group[0]["name"] + (f" ({len(group)} seeds, mean ± sd)" if len(group) > 1 else "")
+        evaluated = [r for r in group if not r.get("diverged")]
+        if not evaluated:
+            ax.plot([], [], marker="x", linestyle="none", label=f"{name} (diverged)")
             continue
-        lengths = [row["length"] for row in r["eval"]]
-        accuracies = [accuracy_at(r, n) for n in lengths]
-        broken = diverged_lengths(r)
-        label = r["name"] + (f" (diverged at {', '.join(map(str, broken))})" if broken else "")
+        lengths = [row["length"] for row in evaluated[0]["eval"]]
+        per_length = [[a for a in (accuracy_at(r, n) for r in evaluated) if a is not None] for n in lengths]
+        means = [100 * sum(v) / len(v) if v else math.nan for v in per_length]
+        sds = [100 * math.sqrt(sum((a - sum(v) / len(v)) ** 2 for a in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+               for v in per_length]
+        broken = [n for n, v in zip(lengths, per_length) if not v]
+        label = name + (f" (diverged at {', '.join(map(str, broken))})" if broken else "")
         # runs with equal results overlap: markers of shrinking size and changing shape keep
         # every run visible; a non-finite evaluation leaves a gap (NaN is not drawn) and an x at 0
-        line, = ax.plot(lengths, [math.nan if a is None else 100 * a for a in accuracies],
-                        marker=_MARKERS[index % len(_MARKERS)], markersize=max(3.0, 9.0 - 1.2 * index),
-                        linestyle=_LINES[index % len(_LINES)], label=label)
+        line = ax.errorbar(lengths, means, yerr=sds if len(group) > 1 else None, capsize=3,
+                           marker=_MARKERS[index % len(_MARKERS)], markersize=max(3.0, 9.0 - 1.2 * index),
+                           linestyle=_LINES[index % len(_LINES)], label=label).lines[0]
+        colors[group[0]["name"]] = line.get_color()
         if broken:
             ax.plot(broken, [0.0] * len(broken), marker="x", linestyle="none", color=line.get_color())
     lengths = sorted({row["length"] for r in results for row in r["eval"]})
@@ -155,10 +219,14 @@ def plot_results(
         ax.set_title(f"accuracy by length (attention window {window})", fontsize=10)
     if metrics is not None:
         ax = axes[0][1]
+        labelled = set()
         for r, m in zip(results, metrics):
             if m is not None and m.is_file():
                 steps, losses = _losses(m)
-                ax.plot(steps, losses, label=r["name"])
+                first = r["name"] not in labelled  # replicates share their run's colour and one legend entry
+                ax.plot(steps, losses, color=colors.get(r["name"]), alpha=1.0 if first else 0.5,
+                        label=r["name"] if first else None)
+                labelled.add(r["name"])
         ax.set_yscale("log")
         ax.set_xlabel("training step")
         ax.set_ylabel("training loss")

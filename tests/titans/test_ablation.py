@@ -57,6 +57,11 @@ def test_parse_spec_builds_runs_with_shared_fields_and_default_names() -> None:
         ({"eval": {"lengths": [16], "batches": 0}}, "eval.batches"),
         ({"eval": {"lenghts": [16]}}, "lenghts"),
         ({"preset": "huge"}, "huge"),
+        ({"seeds": []}, "'seeds' must be a non-empty list"),
+        ({"seeds": 3}, "'seeds' must be a non-empty list"),
+        ({"seeds": [0, -1]}, "must be an integer >= 0, got -1"),
+        ({"seeds": [1, 1]}, "repeats a seed"),
+        ({"runs": [{"variant": "swa", "seeds": [0.5]}]}, "runs[0].seeds"),
     ],
 )
 def test_bad_specs_raise_value_errors_naming_the_problem(changes: dict[str, Any], needle: str) -> None:
@@ -209,3 +214,46 @@ def test_a_needle_ablation_keeps_each_depth_in_its_result(tmp_path: Path) -> Non
         (16, 0.0), (16, 0.25), (16, 0.5), (16, 0.75), (16, 1.0)
     ]
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in result["eval"])
+
+
+def test_seeds_make_replicates_with_mean_and_spread(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import statistics
+
+    import titans.cli
+    from titans.ablation import metrics_paths, replicate_dir
+
+    runs = [{"name": "lin", "variant": "lmm", "chunk_size": 2}, {"name": "swa", "variant": "swa", "seeds": [1]}]
+    spec = parse_spec(spec_document(runs=runs, seeds=[0, 1]))
+    assert [(r.name, r.seeds, r.changes) for r in spec.runs] == [
+        ("lin", (0, 1), (("variant", "lmm"), ("chunk_size", 2))), ("swa", (1,), (("variant", "swa"),))]
+    results = run_ablation(spec, tmp_path)
+    assert [(r["name"], r["seed"]) for r in results] == [("lin", 0), ("lin", 1), ("swa", 1)]
+    for r, path in zip(results, metrics_paths(tmp_path, results)):
+        assert path == replicate_dir(tmp_path, r["name"], r["seed"]) / "metrics.jsonl" and path.is_file()
+    assert results[0]["loss"] != results[1]["loss"]  # another seed: another initialisation and data
+
+    # a replicate is exactly the run trained with that seed as its training seed
+    single = parse_spec(spec_document(runs=[runs[0]], train={**spec_document()["train"], "seed": 1}))
+    [alone] = run_ablation(single, tmp_path / "alone")
+    assert alone["loss"] == results[1]["loss"] and alone["eval"] == results[1]["eval"]
+
+    table = markdown_table(results)
+    head, _, lin, swa = table.splitlines()
+    assert "| changes |" in head and "| seeds |" in head
+    accuracies = [100 * accuracy_at(r, 16) for r in results[:2]]
+    expected = f"{statistics.mean(accuracies):.1f}% ± {statistics.stdev(accuracies):.1f}%"
+    assert lin.startswith('| lin | lmm | variant="lmm", chunk_size=2 |') and "| 0, 1 |" in lin and expected in lin
+    losses = [float(next(row["loss"] for row in r["eval"] if row["length"] == 32)) for r in results[:2]]
+    assert losses[0] != losses[1]
+    assert lin.endswith(f"| {statistics.mean(losses):.3f} ± {statistics.stdev(losses):.3f} |")  # the last column
+    assert swa.startswith('| swa | swa | variant="swa" |') and "| 1 |" in swa
+
+    drawn: dict[str, Any] = {}
+    monkeypatch.setattr(titans.cli, "plot_results", lambda results, path, **kw: drawn.update(kw) or path)
+    document = tmp_path / "spec.json"
+    document.write_text(json.dumps(spec_document(runs=runs, seeds=[0, 1])))
+    assert main(["ablate", str(document), "--out", str(tmp_path), "-q"]) == 0  # reuses every replicate
+    assert drawn["chance"] == spec.task.chance_accuracy() == 1 / 32
+    assert plot_results(results, tmp_path / "p.png", metrics=metrics_paths(tmp_path, results),
+                        chance=drawn["chance"]).read_bytes()[:8] == PNG_MAGIC

@@ -30,6 +30,7 @@ __all__ = [
     "Task",
     "TextTask",
     "bits_per_byte",
+    "chance_accuracy",
     "evaluation_task",
     "make_task",
     "masked_accuracy",
@@ -65,3 +66,10 @@ def evaluation_task(task: Task) -> Task:
     generate fresh sequences from the evaluation's own seeds)."""
     held_out = getattr(task, "for_evaluation", None)
     return held_out() if callable(held_out) else task
+
+
+def chance_accuracy(task: Task) -> float | None:
+    """The accuracy of a uniform guess on ``task`` (its ``chance_accuracy()``: the synthetic
+    tasks have one), or ``None`` for a task without one (text: no single chance level)."""
+    chance = getattr(task, "chance_accuracy", None)
+    return chance() if callable(chance) else None

@@ -64,6 +64,10 @@ class MQAR:
         if not isinstance(self.queries_at_end, bool):
             raise ValueError(f"MQAR.queries_at_end: must be true or false, got {self.queries_at_end!r}")
 
+    def chance_accuracy(self) -> float:
+        """Recall of a uniform guess among the values (the upper half of the vocabulary)."""
+        return 1 / (self.vocab_size - self.vocab_size // 2)
+
     def batch(
         self, generator: torch.Generator, batch_size: int, seq_len: int
     ) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]:

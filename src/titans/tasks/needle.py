@@ -63,6 +63,11 @@ class NeedleInHaystack:
     def noise_range(self) -> tuple[int, int]:
         return self.value_range[1], self.vocab_size
 
+    def chance_accuracy(self) -> float:
+        """Recall of a uniform guess among the needle's possible values."""
+        low, high = self.value_range
+        return 1 / (high - low)
+
     def needle_start(self, seq_len: int, depth: float) -> int:
         """Position of the NEEDLE marker for ``depth`` in a sequence of ``seq_len`` tokens."""
         return round(depth * (seq_len - _FIXED))

@@ -42,6 +42,10 @@ class SelectiveCopy:
         check_int("SelectiveCopy", "vocab_size", self.vocab_size, 3)
         check_int("SelectiveCopy", "num_tokens", self.num_tokens, 1)
 
+    def chance_accuracy(self) -> float:
+        """Accuracy of a uniform guess among the data tokens ``[2, V)``."""
+        return 1 / (self.vocab_size - 2)
+
     def batch(
         self, generator: torch.Generator, batch_size: int, seq_len: int
     ) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]:
