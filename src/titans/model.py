@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +17,7 @@ from torch import Tensor, nn
 from memory_blocks.layers.norm import RMSNorm
 
 from titans.builders import build_block
+from titans.checkpoint_io import load_model_directory, save_model_directory
 from titans.config import SPEED_FIELDS, TitansConfig
 
 __all__ = [
@@ -116,6 +119,40 @@ class TitansLM(nn.Module):
     def num_parameters(self) -> int:
         """Trainable parameters (a tied matrix counted once)."""
         return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Writes the model into ``directory``: ``config.json``, ``model.safetensors`` (a tied
+        matrix stored once) and, last, ``manifest.json`` (each file's sha256), each file durably
+        (temporary name, fsync, rename, directory fsync). Never pickles.
+
+        Args:
+            directory: the checkpoint directory (created if needed).
+
+        Returns:
+            ``directory`` as a ``Path``.
+
+        Raises:
+            FloatingPointError: a parameter or buffer holds NaN or inf (named); nothing is written.
+            TypeError: ``directory`` is not a str or path.
+        """
+        return save_model_directory(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> TitansLM:
+        """The model saved in ``directory`` (by :meth:`save_pretrained`, ``titans train`` or
+        ``titans.save_pretrained``), in the dtype it was saved in, on ``device``; its files are
+        checked against the manifest first.
+
+        Args:
+            directory: a checkpoint directory.
+            device: where the model goes.
+
+        Raises:
+            titans.checkpoint.CheckpointError: a file is missing, does not match its manifest, is
+                unreadable, or the weights do not fit the config (the message names the file).
+            ValueError: ``device`` is not a device, or CUDA is not available.
+        """
+        return load_model_directory(directory, cls, device=device)
 
     def forward(
         self,

@@ -272,7 +272,7 @@ def load_training_state(
     for name in (OPTIMIZER_NAME, STATE_NAME):
         if not (checkpoint / name).is_file():
             raise FileNotFoundError(f"{checkpoint / name} does not exist (not a training checkpoint)")
-    model = read_model_files(checkpoint, torch.device(device), caller, verified=verified)
+    model = read_model_files(checkpoint, torch.device(device), caller, TitansLM, verified=verified)
     path = checkpoint / OPTIMIZER_NAME
     try:
         optimizer_state = torch.load(path, map_location=device, weights_only=True)

@@ -27,6 +27,21 @@ def test_round_trip_gives_identical_outputs(device, tmp_path, variant):
         assert loaded.head.weight is loaded.embedding.weight
 
 
+def test_methods_equal_the_functions(tmp_path):
+    from titans import TitansLM
+
+    model = build(TitansConfig.preset("tiny", variant="mag"), torch.device("cpu"), seed=5)
+    by_method = model.save_pretrained(tmp_path / "method")
+    by_function = save_pretrained(model, tmp_path / "function")
+    for name in ("config.json", "model.safetensors", "manifest.json"):
+        assert (by_method / name).read_bytes() == (by_function / name).read_bytes()
+    loaded = TitansLM.from_pretrained(by_method)
+    assert isinstance(loaded, TitansLM) and loaded.config == model.config
+    reference = load_pretrained(by_function)
+    for (name, a), (_, b) in zip(loaded.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 def test_checkpoint_files_are_plain_data(tmp_path):
     model = build(TitansConfig.preset("tiny"), torch.device("cpu"))
     path = save_pretrained(model, tmp_path)

@@ -399,7 +399,7 @@ def test_a_save_killed_mid_write_leaves_the_last_checkpoint_and_no_temporary(tmp
     assert checkpoint_note(out) == f"the last checkpoint, {before}, is intact"
 
     model_dir = save_pretrained(tiny_model(seed=0), tmp_path / "model")
-    monkeypatch.setattr("titans.checkpoint.write_manifest", killed)  # overwritten, the old manifest kept
+    monkeypatch.setattr("titans.checkpoint_io.write_manifest", killed)  # overwritten, the old manifest kept
     with pytest.raises(KeyboardInterrupt):
         save_pretrained(tiny_model(seed=1), model_dir)
     monkeypatch.undo()
