@@ -276,6 +276,9 @@ NORM_EPS_RANGE = (1e-12, 1.0)
 OBJECTIVE_LIMITS = {("lp", "p"): 4.0}
 #: Fields that are speed knobs only: they never change results, so states are shared across them.
 SPEED_FIELDS = ("memory_checkpoint", "memory_block_chunks", "attention_backend")
+#: Fields that name a component of a registry (``titans.registry.<table>``).
+_REGISTERED = {"variant": "VARIANTS", "memory_model": "MEMORY_MODELS", "memory_activation": "ACTIVATIONS",
+               "optimizer": "OPTIMIZERS", "objective": "OBJECTIVES", "step_scale": "STEP_SCALES"}
 _BOOL_FIELDS = ("tie_embeddings", "per_tensor_lr", "memory_checkpoint")
 _STR_FIELDS = (
     "variant", "memory_model", "memory_activation", "optimizer", "objective", "step_scale", "forget_target",
@@ -348,6 +351,9 @@ def _validate_types(cfg: TitansConfig) -> None:
     for name in _STR_FIELDS:
         value = getattr(cfg, name)
         if not isinstance(value, str):
+            table = _REGISTERED.get(name)
+            if table is not None:  # an object given for a named component: say how to name it
+                getattr(registry, table).get(value, f"TitansConfig.{name}")
             raise _fail(name, f"must be a string, got {value!r}")
     if cfg.combine is not None and not isinstance(cfg.combine, str):
         raise _fail("combine", f"must be a string or None, got {cfg.combine!r}")

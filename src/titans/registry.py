@@ -51,10 +51,13 @@ class Registry(Generic[T]):
     Args:
         kind: what the entries are (used in error messages, e.g. ``"memory model"``).
         entries: the initial name -> entry pairs.
+        where: the table's importable name (e.g. ``"titans.registry.MEMORY_MODELS"``), which the
+            errors of :meth:`get` show as the place to register a component.
     """
 
-    def __init__(self, kind: str, entries: dict[str, T] | None = None) -> None:
+    def __init__(self, kind: str, entries: dict[str, T] | None = None, *, where: str | None = None) -> None:
         self.kind = kind
+        self.where = where or f"the {kind} registry"
         self._entries: dict[str, T] = dict(entries or {})
 
     def register(self, name: str, entry: T, *, replace: bool = False) -> T:
@@ -67,10 +70,25 @@ class Registry(Generic[T]):
         return entry
 
     def get(self, name: str, field: str) -> T:
-        """The entry called ``name``; a ``ValueError`` naming the config ``field`` otherwise
-        (also for a ``name`` that is not a string)."""
-        if not isinstance(name, str) or name not in self._entries:
-            raise ValueError(f"{field}: unknown {self.kind} {name!r}; choose one of {self.names()}")
+        """The entry called ``name``.
+
+        Raises:
+            ValueError: naming the config ``field``: ``name`` is not a string (a config names
+                its components; an object must be registered under a name first), or no entry
+                is registered under it (the message lists the names and says how to register
+                one: a user's component must be registered in every process that builds or
+                loads a model naming it)."""
+        if not isinstance(name, str):
+            raise ValueError(
+                f"{field}: expects the name of a registered {self.kind} (a string), got a "
+                f"{type(name).__name__} object; register it first, {self.where}.register('my_name', ...), "
+                "and give 'my_name'"
+            )
+        if name not in self._entries:
+            raise ValueError(
+                f"{field}: unknown {self.kind} {name!r}; choose one of {self.names()}, or register your own with "
+                f"{self.where}.register({name!r}, ...) (in every process that builds or loads a model naming it)"
+            )
         return self._entries[name]
 
     def names(self) -> list[str]:
@@ -103,21 +121,22 @@ MemoryBuilder = Callable[..., MemoryModel]
 #: Memory models by name: ``linear`` (delta rule / linear attention), ``mlp`` (the paper's
 #: deep memory, ``memory_depth`` layers), ``gated_mlp`` (SwiGLU-style; ignores the depth).
 MEMORY_MODELS: Registry[MemoryBuilder] = Registry(
-    "memory model", {"linear": _linear, "mlp": _mlp, "gated_mlp": _gated_mlp}
+    "memory model", {"linear": _linear, "mlp": _mlp, "gated_mlp": _gated_mlp}, where="titans.registry.MEMORY_MODELS"
 )
 #: Inner objectives by name (classes from :mod:`memory_blocks.objectives`).
-OBJECTIVES: Registry[type] = Registry("objective", dict(_OBJECTIVES))
+OBJECTIVES: Registry[type] = Registry("objective", dict(_OBJECTIVES), where="titans.registry.OBJECTIVES")
 #: Inner optimizers by name (classes from :mod:`memory_blocks.optimizers`).
-OPTIMIZERS: Registry[type] = Registry("optimizer", dict(_OPTIMIZERS))
+OPTIMIZERS: Registry[type] = Registry("optimizer", dict(_OPTIMIZERS), where="titans.registry.OPTIMIZERS")
 #: Step scales by name: how theta becomes the step of eq. 13 (:mod:`memory_blocks.step_scale`).
-STEP_SCALES: Registry[type] = Registry("step scale", dict(_STEP_SCALES))
+STEP_SCALES: Registry[type] = Registry("step scale", dict(_STEP_SCALES), where="titans.registry.STEP_SCALES")
 #: Gate kinds a config may name by string; a float means a constant gate.
-MEMORY_GATES: Registry[str] = Registry("gate", {"learned": "learned"})
+MEMORY_GATES: Registry[str] = Registry("gate", {"learned": "learned"}, where="titans.registry.MEMORY_GATES")
 #: Attention/memory combinations by name (classes from :mod:`titans.gating`).
 COMBINES: Registry[type] = Registry(
-    "combine gate", {"normalized": NormalizedGate, "product": ProductGate, "sigmoid": SigmoidGate}
+    "combine gate", {"normalized": NormalizedGate, "product": ProductGate, "sigmoid": SigmoidGate},
+    where="titans.registry.COMBINES",
 )
 #: Activations of a memory MLP.
-ACTIVATIONS: Registry[Any] = Registry("activation", dict(_ACTIVATIONS))
+ACTIVATIONS: Registry[Any] = Registry("activation", dict(_ACTIVATIONS), where="titans.registry.ACTIVATIONS")
 #: Block builders per variant, ``(config, layer) -> nn.Module`` (see :mod:`titans.builders`).
-VARIANTS: Registry[Callable[..., Any]] = Registry("variant")
+VARIANTS: Registry[Callable[..., Any]] = Registry("variant", where="titans.registry.VARIANTS")

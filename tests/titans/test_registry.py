@@ -62,3 +62,34 @@ def test_gates_swap_by_name_or_value():
     memory = model.blocks[0].memory
     assert memory.decay_gate is None and memory.momentum_gate is None
     assert type(memory.lr_gate).__name__ == "ConstantGate"
+
+
+def test_errors_say_how_to_register(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    import pytest
+
+    from memory_blocks import GatedMLPMemory, LinearMemory
+    from titans import TitansConfig, TitansLM, registry
+
+    from .test_config import library_checks_only
+
+    with library_checks_only(), pytest.raises(
+        ValueError, match=r"TitansConfig\.memory_model: expects the name of a registered memory model \(a string\), "
+                          r"got a GatedMLPMemory object; register it first, titans\.registry\.MEMORY_MODELS\.register"):
+        TitansConfig(memory_model=GatedMLPMemory(16))
+    with pytest.raises(ValueError, match=r"unknown objective 'mine'.*titans\.registry\.OBJECTIVES\.register\('mine'"):
+        TitansConfig(objective="mine")
+
+    registry.MEMORY_MODELS.register("test_mine", lambda d, **kw: LinearMemory(d, d))
+    try:
+        TitansLM(TitansConfig.preset("tiny", variant="mag", memory_model="test_mine")).save_pretrained(tmp_path)
+    finally:
+        registry.MEMORY_MODELS._entries.pop("test_mine")
+    # a fresh process that has not registered the component is told to
+    done = subprocess.run([sys.executable, "-c", f"from titans import TitansLM; TitansLM.from_pretrained({str(tmp_path)!r})"],
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "unknown memory model 'test_mine'" in done.stderr
+    assert "titans.registry.MEMORY_MODELS.register('test_mine', ...) (in every process" in done.stderr

@@ -39,7 +39,8 @@ __all__ = [
 
 #: Tasks by name.
 TASKS: Registry[type] = Registry(
-    "task", {"mqar": MQAR, "needle": NeedleInHaystack, "selective_copy": SelectiveCopy, "text": TextTask}
+    "task", {"mqar": MQAR, "needle": NeedleInHaystack, "selective_copy": SelectiveCopy, "text": TextTask},
+    where="titans.tasks.TASKS",
 )
 
 
