@@ -93,7 +93,16 @@ class LearnedGate(Gate):
 
 
 class ConstantGate(Gate):
-    """The same value for every token and head (no parameters)."""
+    """The same value for every token and head (no parameters).
+
+    Args:
+        value: the gate's value, a finite number >= 0.
+        heads: the number of heads the output has (>= 1).
+
+    Raises:
+        TypeError: when ``value`` is not a number.
+        ValueError: on a negative or non-finite ``value``, or ``heads`` not an integer >= 1.
+    """
 
     def __init__(self, value: int | float, heads: int = 1) -> None:
         super().__init__()

@@ -44,7 +44,14 @@ class SquaredError(Objective):
 
 @dataclass(frozen=True)
 class Huber(Objective):
-    """Huber loss summed over features: squared inside ``|r| <= delta``, linear outside."""
+    """Huber loss summed over features: squared inside ``|r| <= delta``, linear outside.
+
+    Attributes:
+        delta: the threshold on ``|r| = |pred - target|`` (> 0).
+
+    Raises:
+        ValueError: when ``delta`` is not > 0.
+    """
 
     delta: int | float = 1.0
 
@@ -60,7 +67,14 @@ class Huber(Objective):
 
 @dataclass(frozen=True)
 class LpError(Objective):
-    """``||pred - target||_p^p`` summed over features (``p > 1`` keeps the gradient smooth)."""
+    """``||pred - target||_p^p`` summed over features (``p > 1`` keeps the gradient smooth).
+
+    Attributes:
+        p: the exponent of the norm (> 1).
+
+    Raises:
+        ValueError: when ``p`` is not > 1.
+    """
 
     p: int | float = 3.0
 

@@ -112,7 +112,18 @@ class AblationSpec:
 def equal_size_baseline(config: TitansConfig, variant: str = "swa") -> TitansConfig:
     """``config`` as the attention-only ``variant`` (``"swa"`` or ``"transformer"``), its SwiGLU
     width (a multiple of 8) chosen so that its parameter count is closest to ``config``'s: a
-    baseline that differs from the memory model by the memory alone, not by size."""
+    baseline that differs from the memory model by the memory alone, not by size.
+
+    Args:
+        config: the memory model's configuration.
+        variant: the attention-only variant, ``"swa"`` or ``"transformer"``.
+
+    Returns:
+        The baseline's configuration, ``config`` with ``variant`` and ``ffn_hidden`` replaced.
+
+    Raises:
+        ValueError: when ``variant`` is neither ``"swa"`` nor ``"transformer"``.
+    """
     if variant not in ("swa", "transformer"):
         raise ValueError(f"equal_size_baseline: variant must be 'swa' or 'transformer', got {variant!r}")
     target = count_parameters(config)
@@ -165,8 +176,15 @@ def parse_spec(document: dict[str, Any]) -> AblationSpec:
     ``seeds`` (replicate seeds of every run that names none of its own: distinct integers
     >= 0). A run's ``vocab_size`` defaults to the task's needs.
 
-    Raises ``ValueError`` naming the problem: unknown keys or fields, duplicate or unusable
-    run names, invalid values.
+    Args:
+        document: the parsed JSON document, a mapping of the keys above.
+
+    Returns:
+        The :class:`AblationSpec`: the task, training settings, evaluation lengths and runs.
+
+    Raises:
+        ValueError: naming the problem: unknown keys or fields, duplicate or unusable run names,
+            invalid values.
     """
     document = _mapping(document, "the document")
     unknown = sorted(set(document) - _TOP_KEYS)
@@ -245,8 +263,18 @@ def parse_spec(document: dict[str, Any]) -> AblationSpec:
 
 
 def load_spec(path: str | Path) -> AblationSpec:
-    """:func:`parse_spec` of a JSON file; a missing file raises ``FileNotFoundError``, bad JSON
-    ``ValueError`` with the position."""
+    """:func:`parse_spec` of a JSON file.
+
+    Args:
+        path: the JSON file of the spec.
+
+    Returns:
+        The :class:`AblationSpec` the file describes.
+
+    Raises:
+        FileNotFoundError: when ``path`` is not a file.
+        ValueError: on invalid JSON (with the position), or a spec :func:`parse_spec` refuses.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ablation: {path} does not exist")
@@ -283,16 +311,28 @@ def run_one(
     """Trains (or reuses, or resumes) one run in ``out_dir`` and evaluates it; with ``seed``,
     the replicate trained from that seed (``spec.train`` with ``seed`` replaced).
 
-    Returns (and writes to ``out_dir/result.json``) ``{"name", "variant", "seed", "replicate",
-    "changes", "parameters", "loss", "accuracy", "tokens_per_s", "train_seconds", "eval":
-    [{"length", "loss", "accuracy", "finite"}, ...], "identity"}`` (``seed``: the training
-    seed; ``replicate``: whether ``seed`` was given) (each eval row of the needle task also has its
-    ``"depth"``): the last training step's loss and accuracy, the training throughput, and
-    the evaluation at every length of the spec. A run whose loss became non-finite is
-    recorded, not raised: ``"diverged"`` holds the message, and its
-    loss, accuracy, tokens/s and evaluation values are ``None``. An evaluation that is
-    non-finite at a length has ``"finite": False``, ``"accuracy": None`` and its loss as the
-    string ``"nan"`` or ``"inf"`` (the result is :func:`~titans.evaluate.json_safe`, as written).
+    Args:
+        run: the run to train: its name, model configuration and changes.
+        spec: the ablation the run belongs to (task, training settings, evaluation).
+        out_dir: the run's directory: checkpoints, ``metrics.jsonl`` and ``result.json``.
+        seed: the replicate's training seed (>= 0), or ``None`` for ``spec.train.seed``.
+        progress: called with each training record, or ``None``.
+
+    Returns:
+        The result, also written to ``out_dir/result.json``, ``{"name", "variant", "seed", "replicate",
+        "changes", "parameters", "loss", "accuracy", "tokens_per_s", "train_seconds", "eval":
+        [{"length", "loss", "accuracy", "finite"}, ...], "identity"}`` (``seed``: the training
+        seed; ``replicate``: whether ``seed`` was given) (each eval row of the needle task also has its
+        ``"depth"``): the last training step's loss and accuracy, the training throughput, and
+        the evaluation at every length of the spec. A run whose loss became non-finite is
+        recorded, not raised: ``"diverged"`` holds the message, and its
+        loss, accuracy, tokens/s and evaluation values are ``None``. An evaluation that is
+        non-finite at a length has ``"finite": False``, ``"accuracy": None`` and its loss as the
+        string ``"nan"`` or ``"inf"`` (the result is :func:`~titans.evaluate.json_safe`, as written).
+
+    Raises:
+        ValueError: on a ``seed`` that is not an integer >= 0, or when ``out_dir`` holds a finished
+            run of a different spec.
     """
     out = Path(out_dir)
     if seed is not None:
@@ -354,8 +394,15 @@ def run_ablation(
     :func:`run_one`), one after the other; returns their results in order (the replicates of a
     run together) and writes them to ``out_dir/results.json``.
 
-    ``progress(name, record)`` receives each run's training records (``name`` is
-    ``NAME/seed-S`` for a replicate)."""
+    Args:
+        spec: the ablation to run.
+        out_dir: the directory of the ablation: one subdirectory per run (per replicate).
+        progress: ``progress(name, record)`` receives each run's training records (``name`` is
+            ``NAME/seed-S`` for a replicate), or ``None``.
+
+    Returns:
+        The result of each run (see :func:`run_one`), in order.
+    """
     out = Path(out_dir)
     results = []
     for run in spec.runs:

@@ -32,7 +32,17 @@ __all__ = [
 
 
 def build_memory(config: TitansConfig) -> NeuralMemory:
-    """The neural memory of one block: memory model, objective, optimizer, gates (eqs. 11-16)."""
+    """The neural memory of one block: memory model, objective, optimizer, gates (eqs. 11-16).
+
+    Args:
+        config: the model's configuration; its ``memory_*``, objective, optimizer and gate fields are used.
+
+    Returns:
+        The :class:`~memory_blocks.NeuralMemory` of width ``config.dim``.
+
+    Raises:
+        ValueError: when a component name in ``config`` is not registered.
+    """
     heads = config.resolved_memory_heads
     dim_head = config.dim // heads
     memory_model = registry.MEMORY_MODELS.get(config.memory_model, "TitansConfig.memory_model")(
@@ -91,7 +101,18 @@ def build_persistent(config: TitansConfig) -> PersistentMemory | None:
 
 def build_combine(config: TitansConfig) -> nn.Module:
     """The module that merges attention and memory outputs for ``config.variant`` (MAC's
-    ``y * M(y)``, eq. 25; MAG's normalised gate, eq. 28), chosen by ``config.combine``."""
+    ``y * M(y)``, eq. 25; MAG's normalised gate, eq. 28), chosen by ``config.combine``.
+
+    Args:
+        config: the model's configuration.
+
+    Returns:
+        The combine gate, of width ``config.dim``.
+
+    Raises:
+        ValueError: when the variant has no default combine gate and ``config.combine`` names none,
+            or the name is not registered.
+    """
     name = config.resolved_combine
     if name is None:
         raise ValueError(f"TitansConfig.combine: variant {config.variant!r} has no default combine gate")
@@ -187,7 +208,18 @@ def build_transformer_block(config: TitansConfig, layer: int) -> AttentionBlock:
 
 
 def build_block(config: TitansConfig, layer: int) -> nn.Module:
-    """Block ``layer`` of the model ``config`` describes."""
+    """Block ``layer`` of the model ``config`` describes.
+
+    Args:
+        config: the model's configuration; ``config.variant`` picks the block builder.
+        layer: the block's index, ``0 <= layer < config.depth``.
+
+    Returns:
+        The block (a module mapping ``(batch, seq, dim)`` and a state to the same).
+
+    Raises:
+        ValueError: when ``layer`` is out of range or the variant is not registered.
+    """
     if not 0 <= layer < config.depth:
         raise ValueError(f"build_block: layer must be in [0, {config.depth}), got {layer}")
     return registry.VARIANTS.get(config.variant, "TitansConfig.variant")(config, layer)

@@ -55,6 +55,13 @@ def save_pretrained(model: TitansLM, directory: str | os.PathLike[str]) -> Path:
     """:meth:`TitansLM.save_pretrained` as a function: writes ``config.json``,
     ``model.safetensors`` and, last, ``manifest.json`` into ``directory``, each durably.
 
+    Args:
+        model: the model to save.
+        directory: where to write the files (created if missing).
+
+    Returns:
+        The path of ``directory``.
+
     Raises:
         ValueError: ``model`` is not a ``TitansLM``.
         TypeError: ``directory`` is not a str or path.
@@ -68,6 +75,13 @@ def save_pretrained(model: TitansLM, directory: str | os.PathLike[str]) -> Path:
 def load_pretrained(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> TitansLM:
     """:meth:`TitansLM.from_pretrained` as a function: the model saved in ``directory``, its files
     checked against the manifest, in its saved dtype, on ``device``.
+
+    Args:
+        directory: a directory written by :func:`save_pretrained`.
+        device: the device to load the weights onto.
+
+    Returns:
+        The loaded :class:`TitansLM`.
 
     Raises:
         CheckpointError: a file is missing, does not match its manifest, is unreadable, or the

@@ -45,7 +45,31 @@ __all__ = ["TitansMACConfig", "TitansMACForCausalLM"]
 @dataclass
 class TitansMACConfig:
     """The reference's MAC configuration; :meth:`to_titans_config` gives the equivalent
-    :class:`TitansConfig` (built, and so validated, at construction)."""
+    :class:`TitansConfig` (built, and so validated, at construction).
+
+    Attributes:
+        num_tokens: the vocabulary size (``vocab_size``).
+        d_model: the model width (``dim``).
+        depth: the number of blocks.
+        num_heads, dim_head: attention heads and the width of each (the memory has ``num_heads`` heads too).
+        segment_len: MAC's segment length.
+        num_longterm_mem_tokens: memory tokens retrieved per segment (``num_memory_tokens``, ``N_l``).
+        persistent_size: persistent tokens (``num_persistent``).
+        neural_memory_segment_len: the memory's chunk size; ``None``: ``segment_len + num_longterm_mem_tokens``.
+        num_memory_layers: layers of the memory MLP (``memory_depth``).
+        neural_memory_layers: 1-based numbers of the blocks that have a memory; ``None``: every block.
+        ff_mult: the feed-forward multiplier, ``ffn_hidden = round(2 / 3 * ff_mult * d_model)``, in ``(0, 64]``.
+        context_window: the longest sequence (``max_seq_len``).
+        pad_token_id: the token :meth:`TitansMACForCausalLM.generate` pads finished rows with.
+        bos_token_id: kept for the reference's API; unused.
+        eos_token_id: the token that finishes a row in :meth:`TitansMACForCausalLM.generate`.
+        max_length: the default total length (prompt included) of
+            :meth:`TitansMACForCausalLM.generate`.
+
+    Raises:
+        ValueError: when the fields map to an invalid :class:`TitansConfig`, or on bad
+            ``neural_memory_layers`` or ``ff_mult``.
+    """
 
     num_tokens: int = 50257
     d_model: int = 768
@@ -116,7 +140,14 @@ class TitansMACConfig:
 
 
 class TitansMACForCausalLM(nn.Module):
-    """The reference's MAC language model, backed by a :class:`TitansLM` (``self.model``)."""
+    """The reference's MAC language model, backed by a :class:`TitansLM` (``self.model``).
+
+    Args:
+        config: the reference's configuration; the model is built from its ``to_titans_config()``.
+
+    Raises:
+        ValueError: when ``config`` is not a :class:`TitansMACConfig`.
+    """
 
     def __init__(self, config: TitansMACConfig) -> None:
         super().__init__()

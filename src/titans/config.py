@@ -31,24 +31,31 @@ _FORMAT = "titans-config"
 class TitansConfig:
     """Everything that defines a :class:`~titans.model.TitansLM`.
 
-    Variant and sizes:
+    The fields come in three groups: the variant and sizes, the memory (ignored by ``swa`` and
+    ``transformer``), and the attention.
+
+    Attributes:
         variant: ``"mac"``, ``"mag"``, ``"mal"``, ``"lmm"`` (paper section 4), or the baselines
             ``"swa"`` (sliding-window attention only) and ``"transformer"`` (full causal
             attention, window ``max_seq_len``).
         vocab_size, dim, depth: tokens, model width, number of blocks.
-        heads: attention heads; ``dim_head`` defaults to ``dim // heads``.
+        heads: attention heads.
+        dim_head: width of each attention head (``None``: ``dim // heads``).
         ffn_hidden: SwiGLU inner width (``None``: Llama's ``8 dim / 3`` rounded up to 64).
         tie_embeddings: share the embedding and output matrices.
         norm_eps: epsilon of every RMSNorm.
 
-    Memory (ignored by ``swa`` and ``transformer``):
+    Attributes:
         memory_model: a name in ``registry.MEMORY_MODELS`` (``"mlp"``, ``"linear"``,
-            ``"gated_mlp"``); ``memory_depth`` layers (``L_M``), hidden width
-            ``memory_expansion * dim_head``, ``memory_activation``.
+            ``"gated_mlp"``).
+        memory_depth: layers of the memory model (``L_M``).
+        memory_expansion: the memory model's hidden width is ``memory_expansion * dim_head``.
+        memory_activation: the memory model's activation, a name in ``registry.ACTIVATIONS``.
         memory_heads: memory heads (``None``: ``heads``); each head has ``dim / memory_heads``
             features.
-        optimizer: ``"momentum"`` (eq. 13) or ``"gd"``; objective: ``"squared_error"``
-            (eq. 12), ``"huber"``, ``"lp"``, ``"dot_product"`` with ``objective_kwargs``.
+        optimizer: ``"momentum"`` (eq. 13) or ``"gd"``.
+        objective: ``"squared_error"`` (eq. 12), ``"huber"``, ``"lp"`` or ``"dot_product"``.
+        objective_kwargs: keyword arguments of the objective (e.g. Huber's ``delta``).
         lr_gate, momentum_gate, decay_gate: ``theta``, ``eta``, ``alpha`` (eqs. 13-14):
             ``"learned"``, a float (constant), or ``None`` (momentum and decay only: off).
             A constant lies where the update is stable: ``theta`` in ``(0, 1]``
@@ -71,7 +78,7 @@ class TitansConfig:
         memory_checkpoint, memory_block_chunks: speed/memory knobs of the memory (no effect
             on results).
 
-    Attention:
+    Attributes:
         window: sliding-window size (MAG, MAL, swa), the current token included.
         segment_len: MAC segment length.
         num_persistent: ``N_p`` persistent tokens (eq. 19), every variant.
@@ -91,7 +98,9 @@ class TitansConfig:
             projection) or ``"separate"`` (a learned ``dim x dim`` map, initialised to the
             identity, before it).
         max_seq_len: the window of the ``transformer`` baseline (its full context).
-        rotary_base: RoPE base; attention_backend: kernel of sliding-window attention.
+        rotary_base: RoPE base.
+        attention_backend: kernel of sliding-window attention: ``"blocked"``, ``"sdpa"``, ``"dense"``
+            or ``"flex"`` (see :func:`~memory_blocks.functional.sliding_window_attention`).
 
     Validation: every field is checked at construction for its kind (integers are ``int``,
     flags real ``bool``, names strings, numbers finite) and range (``norm_eps`` in

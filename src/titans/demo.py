@@ -67,6 +67,7 @@ class DemoSettings:
         lengths: evaluation lengths; the first is the training length.
         num_pairs: key-value pairs per sequence.
         window: sliding-window size of the baseline (and of any attention in the memory model).
+        eval_batches: evaluation batches at each length.
         seed: model initialisation and data.
         variant: the memory model, ``"mag"`` (default) or ``"mac"``; the baseline is the same
             ``swa`` either way.
@@ -201,9 +202,18 @@ def run_demo(
     *,
     progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Runs the demo into ``out_dir``; returns ``{"report", "plot", "results", "seconds",
-    "margins"}`` (``margins``: memory minus baseline recall at each length, ``None`` where
-    either model has no recall because it diverged: see :func:`titans.report.accuracy_at`)."""
+    """Runs the demo into ``out_dir``: trains the memory model and the baseline, evaluates, plots, reports.
+
+    Args:
+        out_dir: the directory of the runs, ``demo.png`` and ``report.md``.
+        settings: the demo's knobs, :class:`DemoSettings` defaults when ``None``.
+        progress: ``progress(name, record)`` receives each run's training records, or ``None``.
+
+    Returns:
+        ``{"report", "plot", "results", "seconds", "margins"}`` (``margins``: memory minus
+        baseline recall at each length, ``None`` where either model has no recall because it
+        diverged: see :func:`titans.report.accuracy_at`).
+    """
     settings = DemoSettings() if settings is None else settings
     out = Path(out_dir)
     spec = demo_spec(settings)

@@ -109,14 +109,27 @@ def evaluate(
     batch_size: int = 8,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """One row ``{"task", "length", "loss", "accuracy", "finite"}`` per length; for the needle
-    task one row per (length, depth) with a ``"depth"`` key (``depths`` default
-    ``0, 0.25, ..., 1``); for a text task each row also has ``"bits_per_byte"``. A non-finite
-    row has ``"finite": False`` and ``"accuracy": None`` (see :func:`evaluate_task`); write rows
-    as JSON through :func:`json_safe`.
+    """Evaluates ``model`` on ``task`` at each sequence length (and, for the needle task, each depth).
 
-    Raises ``ValueError`` for an empty or non-positive list of lengths, or depths given for a
-    task that has none."""
+    Args:
+        model: the model to evaluate (left in the training mode it had).
+        task: the task that makes the evaluation batches (a text task: its held-out part).
+        lengths: the sequence lengths, positive integers.
+        depths: needle depths in ``[0, 1]``, default ``0, 0.25, ..., 1``; the needle task only.
+        batches: evaluation batches per row (>= 1).
+        batch_size: sequences per batch.
+        seed: the seed of the evaluation batches (the same for every row).
+
+    Returns:
+        One row ``{"task", "length", "loss", "accuracy", "finite"}`` per length; for the needle
+        task one row per (length, depth) with a ``"depth"`` key; for a text task each row also
+        has ``"bits_per_byte"``. A non-finite row has ``"finite": False`` and ``"accuracy": None``
+        (see :func:`evaluate_task`); write rows as JSON through :func:`json_safe`.
+
+    Raises:
+        ValueError: for an empty or non-positive list of lengths, depths given for a task that
+            has none, or ``batches < 1``.
+    """
     if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
         raise ValueError(f"evaluate: lengths must be positive integers, got {list(lengths)}")
     if isinstance(task, NeedleInHaystack):

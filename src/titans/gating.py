@@ -22,7 +22,15 @@ __all__ = ["CombineGate", "NormalizedGate", "ProductGate", "SigmoidGate"]
 
 
 class CombineGate(nn.Module):
-    """Base class: ``forward(y, m) -> o``, all ``(batch, seq, dim)``."""
+    """Base class: ``forward(y, m) -> o``, all ``(batch, seq, dim)``.
+
+    Args:
+        dim: the feature width (>= 1).
+        eps: the epsilon of any normalisation the gate has (unused by gates without one).
+
+    Raises:
+        ValueError: when ``dim < 1``.
+    """
 
     def __init__(self, dim: int, *, eps: float = 1e-6) -> None:
         super().__init__()
@@ -40,7 +48,12 @@ class CombineGate(nn.Module):
 
 
 class ProductGate(CombineGate):
-    """``o = y * m`` (MAC, eq. 25). No parameters."""
+    """``o = y * m`` (MAC, eq. 25). No parameters.
+
+    Args:
+        dim: the feature width (>= 1).
+        eps: unused (the constructor takes it so that every combine gate is built alike).
+    """
 
     def forward(
         self, y: Float[Tensor, "batch seq dim"], m: Float[Tensor, "batch seq dim"]
@@ -49,7 +62,12 @@ class ProductGate(CombineGate):
 
 
 class SigmoidGate(CombineGate):
-    """``o = y * sigmoid(m)``. No parameters."""
+    """``o = y * sigmoid(m)``. No parameters.
+
+    Args:
+        dim: the feature width (>= 1).
+        eps: unused (the constructor takes it so that every combine gate is built alike).
+    """
 
     def forward(
         self, y: Float[Tensor, "batch seq dim"], m: Float[Tensor, "batch seq dim"]
@@ -62,6 +80,10 @@ class NormalizedGate(CombineGate):
 
     The two RMSNorm gains are the paper's "learnable vector-valued weights"; the sigmoid is
     its non-linearity.
+
+    Args:
+        dim: the feature width (>= 1).
+        eps: the epsilon of both RMSNorms.
     """
 
     def __init__(self, dim: int, *, eps: float = 1e-6) -> None:

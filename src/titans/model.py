@@ -72,8 +72,13 @@ class TitansState:
 
 @dataclass(frozen=True)
 class TitansOutput:
-    """``logits`` ``(batch, seq, vocab)``; ``loss`` (mean cross-entropy over labelled positions,
-    when labels were given); ``state`` to pass with the next piece of the sequences."""
+    """What :meth:`TitansLM.forward` returns.
+
+    Attributes:
+        logits: ``(batch, seq, vocab)`` the next-token logits of each position.
+        state: the state to pass with the next piece of the sequences.
+        loss: the mean cross-entropy over labelled positions, when labels were given; else ``None``.
+    """
 
     logits: Float[Tensor, "batch seq vocab"]
     state: TitansState
@@ -82,7 +87,12 @@ class TitansOutput:
 
 @dataclass(frozen=True)
 class GenerateOutput:
-    """``tokens`` ``(batch, new)``: the sampled tokens; ``state``: after the prompt and all of them."""
+    """What :meth:`TitansLM.generate` returns.
+
+    Attributes:
+        tokens: ``(batch, new)`` the sampled tokens.
+        state: the state after the prompt and all of the sampled tokens.
+    """
 
     tokens: Int[Tensor, "batch new"]
     state: TitansState
@@ -100,6 +110,12 @@ class TitansLM(nn.Module):
     state's size does not grow with the sequence (memory states, bounded KV caches, at most
     one unfinished MAC segment), except for the ``transformer`` baseline, whose cache grows
     up to ``max_seq_len``.
+
+    Args:
+        config: the model's configuration (variant, sizes and components).
+
+    Raises:
+        ValueError: when ``config`` is not a :class:`TitansConfig`.
     """
 
     def __init__(self, config: TitansConfig) -> None:
@@ -373,6 +389,13 @@ def check_sampling(
 
 
 def count_parameters(config: TitansConfig) -> int:
-    """Parameters of ``TitansLM(config)``, counted on the meta device (no memory allocated)."""
+    """Parameters of ``TitansLM(config)``, counted on the meta device (no memory allocated).
+
+    Args:
+        config: the model's configuration.
+
+    Returns:
+        The number of trainable parameters (a tied matrix counted once).
+    """
     with torch.device("meta"):
         return TitansLM(config).num_parameters()

@@ -95,7 +95,9 @@ def _eval_loss(result: dict[str, Any], length: int) -> float | None:
 
 
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
-    """One row per run: name, variant, (the fields it changes, when any run changes some),
+    """A Markdown table of ablation results.
+
+    One row per run: name, variant, (the fields it changes, when any run changes some),
     parameters, (its seeds, when a run has replicates), final training loss and accuracy,
     training tokens/s, wall time, then the evaluation accuracy (as a percentage) and loss at
     every length.
@@ -104,7 +106,17 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     sample standard deviation), and ``(k/n finite)`` where only k of its n replicates have a
     finite value there. A single run that diverged in training shows ``diverged`` in place of
     its numbers; an evaluation that is non-finite shows ``diverged at length N`` in place of its
-    accuracy, and its loss (``nan`` or ``inf``)."""
+    accuracy, and its loss (``nan`` or ``inf``).
+
+    Args:
+        results: the run results of :func:`~titans.run_ablation` (replicates of a run adjacent).
+
+    Returns:
+        The table, as Markdown text.
+
+    Raises:
+        ValueError: when ``results`` is empty.
+    """
     if not results:
         raise ValueError("markdown_table: no results")
     lengths = [row["length"] for row in results[0]["eval"]]
@@ -169,7 +181,21 @@ def plot_results(
     evaluation is an ``x`` at 0 and named in the legend, not a point) and, when the
     runs' ``metrics.jsonl`` files are given, their training loss curves (right). ``window`` and
     ``train_len`` label the plot (the attention window, a vertical line at the training length);
-    ``chance`` draws a horizontal line at that accuracy (a fraction)."""
+    ``chance`` draws a horizontal line at that accuracy (a fraction).
+
+    Args:
+        results: the run results of :func:`~titans.run_ablation` (replicates of a run adjacent).
+        path: the PNG file to write (its directory is created).
+        metrics: the ``metrics.jsonl`` of each result (``None`` for one without), or ``None``
+            for no loss panel.
+        window: the attention window, named in the title of the accuracy panel, or ``None``.
+        train_len: the training length, drawn as a vertical line, or ``None``.
+        chance: the chance accuracy (a fraction), drawn as a horizontal line, or ``None``.
+        title: the figure's title; none when empty.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

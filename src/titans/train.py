@@ -85,11 +85,13 @@ class TrainConfig:
     Args:
         steps: optimizer steps of the whole run (the schedule spans them).
         batch_size, seq_len: sequences per step and tokens per sequence.
-        lr: peak AdamW learning rate; weight_decay: AdamW's decoupled decay.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW's decoupled decay.
         warmup: steps of linear warmup, then a cosine decay to ``min_lr_ratio * lr`` at ``steps``.
+        min_lr_ratio: the learning rate at the end of the cosine decay, as a fraction of ``lr``, in ``[0, 1]``.
         clip: maximum global gradient norm (``clip_grad_norm_``).
-        eval_every: evaluate every this many steps (0: only at the end); eval_batches: batches
-            per evaluation.
+        eval_every: evaluate every this many steps (0: only at the end).
+        eval_batches: batches per evaluation.
         checkpoint_every: checkpoint every this many steps (0: only at the end).
         log_every: report progress every this many steps.
         seed: model initialisation and batch stream.
@@ -202,6 +204,10 @@ def train(
     """Trains a :class:`TitansLM` of ``model_config`` on ``task``; writes into ``out_dir``.
 
     Args:
+        model_config: the model to train.
+        train_config: how to train it (steps, batches, optimiser, schedule, evaluation, device).
+        task: the task that makes the training and evaluation batches.
+        out_dir: the run's directory: checkpoints, ``metrics.jsonl`` and the lock.
         resume: continue from the newest checkpoint in ``out_dir`` (same model, task, seed and
             optimisation settings; ``steps`` may grow).
         until: stop (with a checkpoint) after this many steps although the schedule spans

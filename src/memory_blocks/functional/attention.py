@@ -232,6 +232,9 @@ def sliding_window_attention(
             see the module docstring. No backend falls back to another.
         block: query block size of the blocked backends (default from ``window``).
 
+    Returns:
+        ``(batch, heads, seq, dim_head)`` the attention output of each query.
+
     Raises:
         ValueError: on a window, prefix or block that is not an integer of its range, a
             scale that is not a finite number, an unknown backend, mismatched shapes, an
@@ -277,6 +280,17 @@ def sliding_window_decode(
     cache keeps ``window - 1`` of them). The visibility rule is the one of
     :func:`sliding_window_attention` on the concatenated sequence, so decoding in pieces equals
     the parallel call. Cost ``O(new * context)`` for ``new <= window``, else the blocked path.
+
+    Args:
+        q: ``(batch, heads, new, dim_head)`` queries of the newest ``new`` positions.
+        k, v: ``(batch, heads, context, dim_head)`` keys and values ``[prefix | history | new]``,
+            ``context >= num_prefix + new``.
+        window: keys a query sees outside the prefix, itself included (>= 1).
+        num_prefix: leading context positions visible to every query.
+        scale: score scale, ``dim_head ** -0.5`` by default.
+
+    Returns:
+        ``(batch, heads, new, dim_head)`` the attention output of each new query.
 
     Raises:
         ValueError: on a bad window, prefix or scale, mismatched shapes, empty axes, or
@@ -368,6 +382,9 @@ def segment_attention(
         scale: score scale, ``dim_head ** -0.5`` by default.
 
     Cost ``O(seq * (prefix + memory_per_segment + segment))`` time and memory.
+
+    Returns:
+        ``(batch, heads, seq, dim_head)`` the attention output of each segment token.
 
     Raises:
         ValueError: on a segment or memory_per_segment that is not an integer >= 1, a bad

@@ -16,7 +16,15 @@ __all__ = ["squared_error", "huber", "lp_error", "dot_product", "is_squared_erro
 def squared_error(
     pred: Float[Tensor, "*batch dim_out"], target: Float[Tensor, "*batch dim_out"]
 ) -> Float[Tensor, "*batch"]:
-    """``||pred - target||_2^2``, summed over features, no 1/2 (paper eq. 12)."""
+    """``||pred - target||_2^2``, summed over features, no 1/2 (paper eq. 12).
+
+    Args:
+        pred: ``(*batch, dim_out)`` predictions of the memory.
+        target: ``(*batch, dim_out)`` targets (the values to store).
+
+    Returns:
+        ``(*batch)`` the loss of each token, summed over features.
+    """
     return (pred - target).pow(2).sum(-1)
 
 
@@ -30,7 +38,16 @@ def huber(
     pred: Float[Tensor, "*batch dim_out"], target: Float[Tensor, "*batch dim_out"], delta: int | float
 ) -> Float[Tensor, "*batch"]:
     """Huber loss per feature, summed: ``r^2`` inside ``|r| <= delta``, ``2 delta |r| - delta^2``
-    outside (continuous with a continuous gradient; MIRAS' robust attentional bias)."""
+    outside (continuous with a continuous gradient; MIRAS' robust attentional bias).
+
+    Args:
+        pred: ``(*batch, dim_out)`` predictions of the memory.
+        target: ``(*batch, dim_out)`` targets (the values to store).
+        delta: the threshold on ``|pred - target|`` where the loss turns from quadratic to linear.
+
+    Returns:
+        ``(*batch)`` the loss of each token, summed over features.
+    """
     r = (pred - target).abs()
     return torch.where(r <= delta, r.pow(2), 2 * delta * r - delta * delta).sum(-1)
 
@@ -38,12 +55,29 @@ def huber(
 def lp_error(
     pred: Float[Tensor, "*batch dim_out"], target: Float[Tensor, "*batch dim_out"], p: int | float
 ) -> Float[Tensor, "*batch"]:
-    """``||pred - target||_p^p`` summed over features (MIRAS' l_p attentional bias)."""
+    """``||pred - target||_p^p`` summed over features (MIRAS' l_p attentional bias).
+
+    Args:
+        pred: ``(*batch, dim_out)`` predictions of the memory.
+        target: ``(*batch, dim_out)`` targets (the values to store).
+        p: the exponent of the norm.
+
+    Returns:
+        ``(*batch)`` the loss of each token, summed over features.
+    """
     return (pred - target).abs().pow(p).sum(-1)
 
 
 def dot_product(
     pred: Float[Tensor, "*batch dim_out"], target: Float[Tensor, "*batch dim_out"]
 ) -> Float[Tensor, "*batch"]:
-    """``-<pred, target>``: the Hebbian (linear-attention) attentional bias."""
+    """``-<pred, target>``: the Hebbian (linear-attention) attentional bias.
+
+    Args:
+        pred: ``(*batch, dim_out)`` predictions of the memory.
+        target: ``(*batch, dim_out)`` targets (the values to store).
+
+    Returns:
+        ``(*batch)`` the negated dot product of each token.
+    """
     return -(pred * target).sum(-1)

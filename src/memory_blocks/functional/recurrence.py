@@ -51,7 +51,14 @@ def _flush(x: Tensor) -> Tensor:
 
 
 def segment_products(a: Float[Tensor, "*batch chunk"]) -> Float[Tensor, "*batch chunk chunk"]:
-    """``P[..., t, s] = prod_{s < j <= t} a_j`` for ``s <= t`` (1 on the diagonal), 0 above it."""
+    """``P[..., t, s] = prod_{s < j <= t} a_j`` for ``s <= t`` (1 on the diagonal), 0 above it.
+
+    Args:
+        a: ``(*batch, chunk)`` the per-token factors (a decay's keep ``1 - alpha``, or ``eta``).
+
+    Returns:
+        ``(*batch, chunk, chunk)`` the lower-triangular matrix ``P`` of segment products.
+    """
     n = a.shape[-1]
     idx = torch.arange(n, device=a.device)
     strictly_below = idx[:, None] > idx[None, :]
@@ -116,6 +123,11 @@ def chunk_coefficients(
             learning rates; the keys are whatever the caller maps parameters to).
         momentum: ``eta``, or ``None`` for plain gradient descent.
         decay: ``alpha``, or ``None`` for no forgetting.
+
+    All three are ``(*batch, chunk)``.
+
+    Returns:
+        The :class:`ChunkCoefficients` of the chunks, with leading dimensions ``*batch``.
     """
     any_lr = next(iter(lr.values()))
     if decay is None:

@@ -23,6 +23,9 @@ def retrieve(
         state: the memory as it stands (``state.weights``, shape ``(batch, heads, *shape)``).
         q: ``(batch, heads, seq, dim_in)`` queries, in the dtype of the memory's weights.
 
+    Returns:
+        ``(batch, heads, seq, dim_out)`` the memory's output for each query.
+
     Raises:
         ValueError: on a bad shape, an empty sequence, a dtype other than the memory model's
             weights', or a state that belongs to another memory model, batch, heads or dtype.

@@ -17,7 +17,11 @@ __all__ = ["AttentionBlock", "AttentionState"]
 
 @dataclass(frozen=True)
 class AttentionState:
-    """The attention's KV cache (persistent keys, then at most ``window - 1`` recent keys)."""
+    """The attention's KV cache (persistent keys, then at most ``window - 1`` recent keys).
+
+    Attributes:
+        attention: the KV cache of the block's sliding-window attention.
+    """
 
     attention: KVCache
 

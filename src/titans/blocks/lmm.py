@@ -17,7 +17,11 @@ __all__ = ["LMMBlock", "LMMState"]
 
 @dataclass(frozen=True)
 class LMMState:
-    """The memory's state (it has written the persistent tokens first)."""
+    """The memory's state (it has written the persistent tokens first).
+
+    Attributes:
+        memory: the state of the block's neural memory after every token written so far.
+    """
 
     memory: NeuralMemoryState
 

@@ -19,7 +19,12 @@ __all__ = ["MAGBlock", "MAGState"]
 @dataclass(frozen=True)
 class MAGState:
     """The attention's KV cache (persistent keys kept forever, then the last ``window - 1``)
-    and the memory's state; both already hold the persistent tokens."""
+    and the memory's state; both already hold the persistent tokens.
+
+    Attributes:
+        attention: the KV cache of the block's sliding-window attention.
+        memory: the state of the block's neural memory after every token written so far.
+    """
 
     attention: KVCache
     memory: NeuralMemoryState

@@ -18,7 +18,12 @@ __all__ = ["MALBlock", "MALState"]
 
 @dataclass(frozen=True)
 class MALState:
-    """The memory's state and the attention's KV cache (both hold the persistent tokens)."""
+    """The memory's state and the attention's KV cache (both hold the persistent tokens).
+
+    Attributes:
+        memory: the state of the block's neural memory after every token written so far.
+        attention: the KV cache of the block's sliding-window attention (over the memory's output).
+    """
 
     memory: NeuralMemoryState
     attention: KVCache
@@ -44,7 +49,8 @@ class MALBlock(Block):
         memory: the neural memory.
         attention: sliding-window attention with ``num_prefix`` equal to the persistent count.
         persistent: persistent tokens (eq. 19), or ``None``.
-        norm: the norm before the memory; attention_norm: the norm before the attention.
+        norm: the norm before the memory.
+        attention_norm: the norm before the attention.
         feedforward, ffn_norm: the feed-forward and its norm.
     """
 

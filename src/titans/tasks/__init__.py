@@ -45,8 +45,18 @@ TASKS: Registry[type] = Registry(
 
 
 def make_task(name: str, **options: Any) -> Task:
-    """The task called ``name`` with its fields set from ``options``; unknown names or options
-    raise ``ValueError`` naming them."""
+    """The task called ``name`` with its fields set from ``options``.
+
+    Args:
+        name: the task's name in :data:`TASKS` (``"mqar"``, ``"needle"``, ``"selective_copy"``, ``"text"``).
+        options: the task's fields (all but ``name``), e.g. ``vocab_size``.
+
+    Returns:
+        The task, a frozen dataclass.
+
+    Raises:
+        ValueError: naming an unknown task name or option, or a bad option value.
+    """
     cls = TASKS.get(name, "task")
     fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
     unknown = sorted(set(options) - fields)

@@ -43,6 +43,7 @@ class MQAR:
             (Zoology's default 0.1).
         queries_at_end: put all ``N`` queries in the last ``2 N`` positions instead of drawing
             their distances (``alpha`` is then unused).
+        name: the task's name in :data:`~titans.TASKS`, ``"mqar"`` (not an option of :func:`~titans.make_task`).
     """
 
     vocab_size: int = 64

@@ -36,6 +36,7 @@ class NeedleInHaystack:
         vocab_size: ``V >= 6``; see the module docstring for how tokens are split.
         depth: where the needle starts, as a fraction of the haystack in ``[0, 1]`` (0: first
             token, 1: just before the query); ``None`` draws a depth per sequence.
+        name: the task's name in :data:`~titans.TASKS`, ``"needle"`` (not an option of :func:`~titans.make_task`).
     """
 
     vocab_size: int = 64

@@ -32,6 +32,8 @@ class SelectiveCopy:
     Args:
         vocab_size: ``V >= 3``; data tokens are ``[2, V)``.
         num_tokens: ``n`` tokens to copy; a sequence needs ``seq_len >= 2 n``.
+        name: the task's name in :data:`~titans.TASKS`, ``"selective_copy"`` (not an option of
+            :func:`~titans.make_task`).
     """
 
     vocab_size: int = 64

@@ -53,6 +53,7 @@ class TextTask:
         split: ``"train"`` (the first part) or ``"heldout"`` (the last part).
         vocab_size: the model's vocabulary, at least 256 (the bytes are tokens ``0..255``; any
             further tokens are never used).
+        name: the task's name in :data:`~titans.TASKS`, ``"text"`` (not an option of :func:`~titans.make_task`).
 
     Raises:
         ValueError: ``data`` does not exist, names no file, holds a file that is not UTF-8 (the
