@@ -26,9 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from _finite import run_is_finite
-from _jobs import run_parallel
+from _jobs import train_runs
 
 from titans.ablation import AblationSpec, RunSpec, equal_size_baseline, run_one
 from titans.compat import TitansMACConfig
@@ -65,16 +64,11 @@ def main() -> None:
     args = parser.parse_args()
     s = spec(args.steps, args.seed, args.lr)
     names = [n for n in args.only.split(",") if n] or [r.name for r in s.runs]
-    if args.worker:
-        torch.set_num_threads(1)
-        run = next(r for r in s.runs if r.name == args.worker)
-        run_one(run, s, args.out / "runs" / run.name)
-        return
-    torch.set_num_threads(max(1, 2 // args.jobs))
     began = time.perf_counter()
-    if args.jobs > 1:
-        run_parallel([[sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--seed",
-                       str(args.seed), "--lr", str(args.lr), "--out", str(args.out)] for name in names], args.jobs)
+    if train_runs(s, names, args.out, jobs=args.jobs, worker=args.worker,
+                  argv=lambda name: [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--seed",
+                                     str(args.seed), "--lr", str(args.lr), "--out", str(args.out)]):
+        return
     print(f"reference MAC snippet on MQAR (queries at the end): {args.steps} steps of 8 x 128 tokens, lr {args.lr}, "
           f"seed {args.seed}; "
           f"{time.perf_counter() - began:.0f} s")

@@ -22,9 +22,8 @@ import sysconfig
 import time
 from pathlib import Path
 
-import torch
 from _finite import run_is_finite
-from _jobs import run_parallel
+from _jobs import train_runs
 
 from titans.ablation import AblationSpec, RunSpec, equal_size_baseline, run_one
 from titans.config import TitansConfig
@@ -60,17 +59,12 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     s = spec(args)
-    if args.worker:
-        torch.set_num_threads(1)
-        run = next(r for r in s.runs if r.name == args.worker)
-        run_one(run, s, args.out / "runs" / run.name)
-        return
-    torch.set_num_threads(max(1, 2 // args.jobs))
     began = time.perf_counter()
-    if args.jobs > 1:
-        run_parallel([[sys.executable, __file__, "--worker", r.name, "--steps", str(args.steps), "--seed",
-                       str(args.seed), "--data", str(args.data), "--pattern", args.pattern, "--out", str(args.out)]
-                      for r in s.runs], args.jobs)
+    if train_runs(s, [r.name for r in s.runs], args.out, jobs=args.jobs, worker=args.worker,
+                  argv=lambda name: [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--seed",
+                                     str(args.seed), "--data", str(args.data), "--pattern", args.pattern,
+                                     "--out", str(args.out)]):
+        return
     corpus = len(s.task.tokens()) + len(s.task.for_evaluation().tokens())
     print(f"text: {s.task.data} ({args.pattern}, {corpus:,} bytes, last 10% held out); {args.steps} steps of "
           f"8 x {TRAIN_LEN} bytes, seed {args.seed}; {time.perf_counter() - began:.0f} s")
