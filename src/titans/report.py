@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,16 +69,23 @@ def _groups(results: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return list(groups.values())
 
 
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the replicates' values (sd 0 for one value, NaN
+    mean for none): what the table's cells and the plot's error bars both show."""
+    if not values:
+        return math.nan, 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def _spread(values: Sequence[float | int | None], total: int, fmt: str, scale: float = 1.0, unit: str = "") -> str:
-    """``mean ± sd`` of the real values (sample standard deviation), with ``(k/n finite)`` when
-    some replicates have none; ``-`` when none has one."""
+    """``mean ± sd`` of the real values (:func:`_mean_sd`), with ``(k/n finite)`` when some
+    replicates have none; ``-`` when none has one."""
     real = [scale * v for v in values if v is not None]
     if not real:
         return "-"
-    mean = sum(real) / len(real)
+    mean, sd = _mean_sd(real)
     text = format(mean, fmt) + unit
     if len(real) > 1:
-        sd = math.sqrt(sum((v - mean) ** 2 for v in real) / (len(real) - 1))
         text += f" ± {format(sd, fmt)}{unit}"
     if len(real) < total:
         text += f" ({len(real)}/{total} finite)"
@@ -214,9 +222,7 @@ def plot_results(
             continue
         lengths = [row["length"] for row in evaluated[0]["eval"]]
         per_length = [[a for a in (accuracy_at(r, n) for r in evaluated) if a is not None] for n in lengths]
-        means = [100 * sum(v) / len(v) if v else math.nan for v in per_length]
-        sds = [100 * math.sqrt(sum((a - sum(v) / len(v)) ** 2 for a in v) / (len(v) - 1)) if len(v) > 1 else 0.0
-               for v in per_length]
+        means, sds = zip(*(_mean_sd([100 * a for a in v]) for v in per_length))
         broken = [n for n, v in zip(lengths, per_length) if not v]
         label = name + (f" (diverged at {', '.join(map(str, broken))})" if broken else "")
         # runs with equal results overlap: markers of shrinking size and changing shape keep
