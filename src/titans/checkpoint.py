@@ -10,8 +10,8 @@ A checkpoint is a directory::
     manifest.json        each file's size and sha256 (:mod:`titans.manifest`), written last
 
 The files and their checks live in :mod:`titans.checkpoint_io` (below the model, so that the
-model's own methods rest on them); this module re-exports what the training checkpoints and
-the command line use.
+model's own methods rest on them); this module re-exports the names a user of checkpoints
+meets: the error, the file names, and the config reader.
 """
 
 from __future__ import annotations
@@ -21,18 +21,7 @@ from pathlib import Path
 
 import torch
 
-from titans.checkpoint_io import (
-    CONFIG_NAME,
-    MODEL_FILES,
-    WEIGHTS_NAME,
-    CheckpointError,
-    load_checkpoint_config,
-    non_finite_tensors,
-    read_model_files,
-    refuse_non_finite,
-    require_files,
-    write_model_files,
-)
+from titans.checkpoint_io import CONFIG_NAME, MODEL_FILES, WEIGHTS_NAME, CheckpointError, load_checkpoint_config
 from titans.model import TitansLM
 
 __all__ = [
@@ -42,12 +31,7 @@ __all__ = [
     "CheckpointError",
     "load_checkpoint_config",
     "load_pretrained",
-    "non_finite_tensors",
-    "read_model_files",
-    "refuse_non_finite",
-    "require_files",
     "save_pretrained",
-    "write_model_files",
 ]
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from titans.checkpoint import (
+from titans.checkpoint_io import (
     CONFIG_NAME,
     MODEL_FILES,
     CheckpointError,
