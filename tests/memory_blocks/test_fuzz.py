@@ -117,6 +117,17 @@ class Picker:
 _MEMORIES: dict[tuple[str, torch.dtype], Any] = {}
 
 
+def _dtype(pick: Picker, label: str, expected: torch.dtype, faults: list[str]) -> torch.dtype:
+    """A dtype for an input that must have ``expected``: another floating one is a "dtype"
+    fault, an integer one a "floating-point" fault."""
+    dtype = pick(label, [expected], [d for d in DTYPES if d != expected])
+    if dtype == torch.int64:
+        faults.append("floating-point")
+    elif dtype != expected:
+        faults.append("dtype")
+    return dtype
+
+
 def _memory(kind: str, dtype: torch.dtype) -> Any:
     if (kind, dtype) not in _MEMORIES:
         torch.manual_seed(0)
@@ -187,11 +198,7 @@ def test_fuzz_memorize(data: st.DataObject) -> None:
     seq = pick("seq", [1, 2, 3, 4, 5, 6], [0])
     if seq == 0:
         faults.append("empty")
-    dtype = pick("dtype", [mem_dtype], [d for d in DTYPES if d != mem_dtype])
-    if dtype == torch.int64:
-        faults.append("floating-point")
-    elif dtype != mem_dtype:
-        faults.append("dtype")
+    dtype = _dtype(pick, "dtype", mem_dtype, faults)
     dim_k = pick("dim_k", [4], [3])
     if dim_k != 4:
         faults.append("dim_in")
@@ -253,11 +260,7 @@ def test_fuzz_retrieve(data: st.DataObject) -> None:
     dim = pick("dim", [4], [5])
     if dim != 4:
         faults.append("dim_in")
-    dtype = pick("dtype", [torch.float32], [d for d in DTYPES if d != torch.float32])
-    if dtype == torch.int64:
-        faults.append("floating-point")
-    elif dtype != torch.float32:
-        faults.append("dtype")
+    dtype = _dtype(pick, "dtype", torch.float32, faults)
     q = torch.randn(q_batch, heads, seq, dim).to(dtype)
     if pick("rank 3", [False], [True]):
         q = q.flatten(0, 1)
@@ -340,11 +343,7 @@ def test_fuzz_neural_memory(data: st.DataObject) -> None:
     width = pick("width", [8], [7])
     if width != 8:
         faults.append("shape")
-    dtype = pick("x dtype", [torch.float32], [d for d in DTYPES if d != torch.float32])
-    if dtype == torch.int64:
-        faults.append("floating-point")
-    elif dtype != torch.float32:
-        faults.append("dtype")
+    dtype = _dtype(pick, "x dtype", torch.float32, faults)
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 99), label="seed"))
     x = (torch.randn(batch, seq, width, generator=g) * 2).to(dtype)
     state = None
@@ -487,11 +486,7 @@ def test_fuzz_attention_modules(data: st.DataObject) -> None:
     batch = pick("batch", [1, 2], [0])
     seq = pick("seq", [1, 3, 5], [0])
     width = pick("width", [8], [6])
-    dtype = pick("x dtype", [torch.float32], [d for d in DTYPES if d != torch.float32])
-    if dtype == torch.int64:
-        faults.append("floating-point")
-    elif dtype != torch.float32:
-        faults.append("dtype")
+    dtype = _dtype(pick, "x dtype", torch.float32, faults)
     if batch == 0:
         faults.append("batch")
     if seq == 0 or width != 8:
