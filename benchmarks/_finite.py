@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from titans.checkpoint import load_pretrained
-from titans.run_checkpoint import latest_checkpoint
-from titans.train import METRICS_NAME
+from titans.experiments.run_checkpoint import latest_checkpoint
+from titans.experiments.train import METRICS_NAME
 
 
 def run_is_finite(result: dict, run_dir: Path) -> bool:

@@ -31,7 +31,7 @@ def train_runs(spec, names: list[str], out, *, jobs: int, worker: str | None, ar
     (the caller reports, reusing the finished runs)."""
     import torch
 
-    from titans.ablation import run_one
+    from titans.experiments.ablation import run_one
 
     if worker:
         torch.set_num_threads(1)

@@ -12,6 +12,9 @@ hand-picked small gates.) Each measurement checks that outputs and gradients are
     python benchmarks/bench_memory.py                  # the table of docs/benchmarks.md
     python benchmarks/bench_memory.py --checkpoint     # recompute blocks: less memory, slower
     python benchmarks/bench_memory.py --device cuda --lengths 1024,4096,16384,65536
+    # the 170m model's memory layer on a GPU, bf16 autocast outside the inner loop, compiled:
+    python benchmarks/bench_memory.py --device cuda --dim 768 --heads 16 --batch 16 \
+        --lengths 4096,16384 --autocast bf16 --compile blocks
 """
 
 from __future__ import annotations
@@ -37,11 +40,22 @@ def _layer(args: argparse.Namespace, block_chunks: int | None, checkpoint: bool)
 
     torch.manual_seed(0)
     knobs = {} if block_chunks is None else {"block_chunks": block_chunks}  # None: the layer's default
-    return NeuralMemory(
-        args.dim, heads=1, chunk_size=args.chunk,
-        memory=MLPMemory(args.dim, depth=2, expansion=4),
-        checkpoint=checkpoint, **knobs,
+    layer = NeuralMemory(
+        args.dim, heads=args.heads, chunk_size=args.chunk,
+        memory=MLPMemory(args.dim // args.heads, depth=2, expansion=4),
+        checkpoint=checkpoint, compile_blocks=args.compile == "blocks", **knobs,
     ).to(args.device)
+    if args.compile not in ("none", "blocks"):
+        return torch.compile(layer, mode=args.compile)
+    return layer
+
+
+def _autocast(args: argparse.Namespace):
+    import contextlib
+
+    if args.autocast == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(args.device, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast])
 
 
 def _sync(device: str) -> None:
@@ -57,12 +71,14 @@ def worker(args: argparse.Namespace) -> dict:
 
     def step() -> bool:
         layer.zero_grad(set_to_none=True)
-        y, _ = layer(x)
-        y.square().mean().backward()
+        with _autocast(args):
+            y, _ = layer(x)
+        y.float().square().mean().backward()
         grads = [p.grad for p in layer.parameters() if p.grad is not None]
         return bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
 
-    finite = step()  # warm-up
+    finite = step()  # warm-up (and compilation)
+    finite = step() and finite
     _sync(args.device)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -151,7 +167,8 @@ def run_worker(args: argparse.Namespace, seq: int | str, block_chunks: int | Non
     cmd = [
         sys.executable, __file__, "--worker", str(seq), "--device", args.device,
         "--threads", str(args.threads), "--dim", str(args.dim), "--chunk", str(args.chunk),
-        "--batch", str(args.batch), "--repeats", str(args.repeats),
+        "--batch", str(args.batch), "--repeats", str(args.repeats), "--heads", str(args.heads),
+        "--compile", args.compile, "--autocast", args.autocast,
     ] + ([] if block_chunks is None else ["--block-chunks", str(block_chunks)]) + (
         ["--checkpoint"] if checkpoint else []
     )
@@ -164,13 +181,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=1, help="memory heads (each of dim / heads features)")
     parser.add_argument("--chunk", type=int, default=16)
+    parser.add_argument("--compile", default="none", choices=["none", "blocks", "default", "reduce-overhead", "max-autotune"],
+                        help="blocks: NeuralMemory(compile_blocks=True), each block shape compiled once; "
+                             "the others: torch.compile the whole layer with that mode (its graph grows "
+                             "with the sequence; reduce-overhead: CUDA graphs)")
+    parser.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"],
+                        help="autocast around the layer (its inner loop stays float32)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lengths", default="1024,4096,16384")
     parser.add_argument("--block-chunks", type=int, default=None, help="chunks per block (default: the layer's)")
     parser.add_argument("--checkpoint", action="store_true", help="recompute blocks in the backward pass (less memory, slower)")
-    parser.add_argument("--naive-length", type=int, default=256)
+    parser.add_argument("--naive-length", type=int, default=256, help="0: skip the naive comparison and FLOP count")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker == "baseline":
@@ -181,8 +205,11 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    print(f"NeuralMemory forward+backward: dim {args.dim}, 1 head, MLP memory depth 2 x4, chunk {args.chunk}, "
-          f"batch {args.batch}, float32, device {args.device}"
+    if args.dim % args.heads:
+        parser.error(f"--heads {args.heads} must divide --dim {args.dim}")
+    precision = "float32" if args.autocast == "none" else f"{args.autocast} autocast (inner loop float32)"
+    print(f"NeuralMemory forward+backward: dim {args.dim}, {args.heads} head(s), MLP memory depth 2 x4, "
+          f"chunk {args.chunk}, batch {args.batch}, {precision}, compile {args.compile}, device {args.device}"
           + (f", {args.threads} threads" if args.device == "cpu" else "")
           + f", torch {torch.__version__}")
     base = run_worker(args, "baseline", 4, False)["peak_mib"] if args.device == "cpu" else 0.0
@@ -197,6 +224,8 @@ def main() -> None:
         print(f"{seq:>8} {args.block_chunks or 'dflt':>6} {args.checkpoint!s:>5} {r['tokens_per_s']:>10,.0f} "
               f"{r['seconds']:>8.2f} {r['peak_mib']:>9,.0f} {r['tokens_per_s'] / first:>6.2f} {r['finite']!s:>6} "
               f"{r['matmul_gflops']:>14,.0f}")
+    if args.compile != "none" or args.autocast != "none" or args.naive_length == 0:
+        return  # the lines below compare eager float32 paths
     _setup(args.device, args.threads)
     naive, par = naive_vs_parallel(args, args.naive_length)
     print(f"memorize vs memorize_naive at {args.naive_length} tokens (fwd+bwd): "

@@ -11,14 +11,16 @@ budget, then measures recall at the training length and at 4x it. The runs:
   (``RMSNorm(y) * sigmoid(RMSNorm(m))``), ``N_l = segment``; then one row per decision, each
   changing one field of ``mac-base``: ``write=attention``, ``combine=product``/``sigmoid``,
   ``N_l=4``/``0``, ``visibility=own`` (token ``r`` sees its own retrieval only),
-  ``positions=aligned``, ``query=separate``, ``persistent=0``. The table
+  ``positions=aligned``, ``query=separate``, ``persistent=0``, and (round 2) how the memory
+  tokens enter the attention: ``memory_norm=rms``/``rms_zero`` (RMS-normalised, a learned gain
+  from 1 / 0) and ``memory_norm=gain`` (a learned per-feature gain from 1). The table
   marks the row that is MAC at ``TitansConfig``'s defaults (``mac-default`` is added if none is).
 - ``mag`` (MAG at its defaults) and ``swa`` (sliding-window attention, SwiGLU widened to the
   MAC model's parameter count).
 
 Tasks: ``mqar`` (4 key-value pairs, each key queried once at a power-law distance, most beyond
 the 16-token window) and ``needle`` (one key-value needle at a random depth, asked for at the
-end; recall is the mean over the depths 0, 0.25, 0.5, 0.75 and 1 of the haystack). Each (task, seed) is an ablation run by :func:`titans.ablation.run_one` into
+end; recall is the mean over the depths 0, 0.25, 0.5, 0.75 and 1 of the haystack). Each (task, seed) is an ablation run by :func:`titans.experiments.ablation.run_one` into
 ``OUT/TASK-seedS/runs/NAME`` (a finished run is reused, so the script can be re-run to print
 the table). Recall is ``None`` (printed ``n/f``) where a model's outputs were not finite.
 
@@ -41,15 +43,16 @@ from _finite import run_is_finite
 from _jobs import run_parallel
 
 from titans import TitansConfig
-from titans.ablation import AblationSpec, RunSpec, equal_size_baseline, run_one
-from titans.tasks import MQAR, NeedleInHaystack
-from titans.train import METRICS_NAME, TrainConfig
+from titans.experiments.ablation import AblationSpec, RunSpec, equal_size_baseline, run_one
+from titans.experiments.tasks import MQAR, NeedleInHaystack
+from titans.experiments.train import METRICS_NAME, TrainConfig
 
 MODEL = dict(vocab_size=64, dim=64, depth=2, heads=2, ffn_hidden=128, window=16, segment_len=16, num_persistent=4,
              chunk_size=16, memory_model="linear", max_seq_len=2048)
-#: The ablation's base: the memory writes the segment's inputs, a normalised gate, N_l = segment.
+#: The ablation's base: the memory writes the segment's inputs, a normalised gate, N_l = segment,
+#: the memory tokens as retrieved.
 BASE = dict(mac_write="input", combine="normalized", num_memory_tokens=None, mac_memory_positions="prefix",
-            mac_retrieve_query="shared", num_persistent=4)
+            mac_retrieve_query="shared", mac_memory_norm="none", num_persistent=4)
 #: MAC as first built: one literal reading of eqs. 23-25.
 PAPER = {**BASE, "mac_write": "attention", "combine": "product"}
 #: One decision changed at a time from the base.
@@ -63,6 +66,9 @@ CHANGES = {
     "positions=aligned": dict(mac_memory_positions="aligned"),
     "query=separate": dict(mac_retrieve_query="separate"),
     "persistent=0": dict(num_persistent=0),
+    "memory_norm=rms": dict(mac_memory_norm="rms"),
+    "memory_norm=rms_zero": dict(mac_memory_norm="rms_zero"),
+    "memory_norm=gain": dict(mac_memory_norm="gain"),
 }
 TASKS = {
     "mqar": lambda: MQAR(vocab_size=64, num_pairs=4),

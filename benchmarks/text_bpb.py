@@ -2,10 +2,10 @@
 
 The text is the Python standard library's own source (by default its ``asyncio`` package, about
 490 KB of ``*.py`` files that nobody in this project wrote, present wherever Python is), read as
-bytes by :class:`titans.tasks.TextTask`; its last 10% is held out, and every evaluation is on
+bytes by :class:`titans.experiments.tasks.TextTask`; its last 10% is held out, and every evaluation is on
 held-out windows. Both models: 2 blocks, dim 64, 2 heads, window 32, vocabulary 256 (bytes);
 MAG has the default memory (2-layer MLP, chunk 16); ``swa`` is widened to the same parameter
-count (:func:`titans.ablation.equal_size_baseline`). Equal steps and batches; bits per byte at
+count (:func:`titans.experiments.ablation.equal_size_baseline`). Equal steps and batches; bits per byte at
 the training length and at 4x it. A run whose loss, weights or evaluation is not finite is
 reported as such, never as a figure.
 
@@ -25,10 +25,10 @@ from pathlib import Path
 from _finite import run_is_finite
 from _jobs import train_runs
 
-from titans.ablation import AblationSpec, RunSpec, equal_size_baseline, run_one
+from titans.experiments.ablation import AblationSpec, RunSpec, equal_size_baseline, run_one
 from titans.config import TitansConfig
-from titans.tasks import TextTask, bits_per_byte
-from titans.train import TrainConfig
+from titans.experiments.tasks import TextTask, bits_per_byte
+from titans.experiments.train import TrainConfig
 
 TRAIN_LEN = 256
 LENGTHS = (TRAIN_LEN, 4 * TRAIN_LEN)

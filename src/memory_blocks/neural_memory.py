@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from memory_blocks.functional.chunked import memorize
+from memory_blocks.feature_maps import FEATURE_MAPS, FeatureMap, IdentityFeatures
+from memory_blocks.functional.memorize_op.chunk import memorize
 from memory_blocks.functional.retrieve import retrieve
 from memory_blocks.functional.state import MemoryState
 from memory_blocks.gates import ConstantGate, Gate, LearnedGate
@@ -30,6 +31,7 @@ from memory_blocks.functional.validate import (
     check_tensor,
 )
 from memory_blocks.optimizers import OPTIMIZERS, InnerOptimizer
+from memory_blocks.retention import RETENTIONS, Retention
 from memory_blocks.step_scale import STEP_SCALES, StepScale
 
 __all__ = ["NeuralMemory", "NeuralMemoryState"]
@@ -54,30 +56,34 @@ class NeuralMemoryState:
         return NeuralMemoryState(self.memory.detach(), None if self.conv is None else self.conv.detach())
 
 
-@contextlib.contextmanager
-def _inner_precision(x: Tensor) -> Iterator[Callable[[Any], Any]]:
-    """The memory's inner loop in full precision under autocast.
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+def _to_float32(value: Any) -> Any:
+    """A tensor (or a dict of tensors, or ``None``) in float32; float64 and integers unchanged."""
+    if isinstance(value, dict):
+        return {name: _to_float32(t) for name, t in value.items()}
+    if isinstance(value, Tensor) and value.is_floating_point() and value.dtype != torch.float64:
+        return value.float()
+    return value
+
+
+def _inner_precision(x: Tensor) -> tuple[contextlib.AbstractContextManager[Any], Callable[[Any], Any]]:
+    """The memory's inner loop in full precision under autocast: ``(context, cast)``.
 
     Under ``torch.autocast`` the projections and gates come out in the low-precision dtype
     (bfloat16 or float16) while normalised keys and the fast weights (``W_0`` is a float32
     parameter) stay in float32, and the inner products, their closed-form gate products and the
-    fast weights themselves would be rounded to 8 bits of mantissa. Inside this context autocast
+    fast weights themselves would be rounded to 8 bits of mantissa. Inside ``context`` autocast
     is off and ``cast`` turns a tensor (or a dict of tensors, or ``None``) into float32; without
-    autocast, ``cast`` returns its argument unchanged."""
+    autocast, the context does nothing and ``cast`` returns its argument unchanged. (A plain
+    pair rather than a generator context manager, so ``torch.compile`` traces it without a
+    graph break.)"""
     device_type = x.device.type
     if not torch.is_autocast_enabled(device_type):
-        yield lambda value: value
-        return
-
-    def cast(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {name: cast(t) for name, t in value.items()}
-        if isinstance(value, Tensor) and value.is_floating_point() and value.dtype != torch.float64:
-            return value.float()
-        return value
-
-    with torch.autocast(device_type, enabled=False):
-        yield cast
+        return contextlib.nullcontext(), _unchanged
+    return torch.autocast(device_type, enabled=False), _to_float32
 
 
 def _check_gate_value(what: str, value: float) -> None:
@@ -109,8 +115,10 @@ class NeuralMemory(nn.Module):
         x --W_qkv--> conv (causal, depthwise) --SiLU--> q, k, v per head
         q, k --l2 normalise-->
         theta(x), eta(x), alpha(x)  (gates, per head and token)
+        q, k --feature map (identity by default; then l2 normalised again)-->
         theta' = step_scale(theta, eta)             # normalised step (default; "literal": eq. 13)
-        y = memorize(memory, q, k, v, theta', eta, alpha, forget_target)
+        y = memorize(memory, q, k, v, theta', eta, alpha, forget_target,
+                     retention, omega_window, gamma(x) / c, Muon's steps)
                                                     # write k->v, read q (eqs. 12-16)
         y --RMSNorm--> * sigmoid(W_g x) --W_o--> out
 
@@ -125,8 +133,20 @@ class NeuralMemory(nn.Module):
         objective: the inner loss; default :class:`SquaredError` (eq. 12); or its name in
             :data:`~memory_blocks.objectives.OBJECTIVES` (``"squared_error"``, ``"huber"``,
             ``"lp"``, ``"dot_product"``, each with its default settings).
-        optimizer: :class:`Momentum` (default, eq. 13) or :class:`GradientDescent`, or their
-            names ``"momentum"`` / ``"gd"``.
+        optimizer: :class:`Momentum` (default, eq. 13), :class:`GradientDescent` or
+            :class:`Muon` (orthogonalised momentum, written once per chunk), or their names
+            ``"momentum"`` / ``"gd"`` / ``"muon"``.
+        retention: a :class:`Retention` or its name in
+            :data:`~memory_blocks.retention.RETENTIONS`: ``"l2"`` (default, :class:`L2Decay`, the
+            paper's forgetting), ``"lq"``, ``"kl"``, ``"elastic_net"``. Its linear decay is the
+            ``decay_gate`` towards ``forget_target``; a nonlinear readout sends the layer down
+            the general path of :func:`memorize` (docs/components/retention.md).
+        feature_map: a :class:`FeatureMap` on queries and keys, its name in
+            :data:`~memory_blocks.feature_maps.FEATURE_MAPS` (``"identity"``, ``"polynomial"``),
+            or ``None`` (identity).
+        omega_window: ``c``, the tokens in each token's inner loss (ATLAS' Omega rule; 1, the
+            default, is the paper's rule exactly). With ``c > 1`` a learned gate ``gamma``
+            (init 0.9) weighs each token, divided by ``c`` (a weighted mean over the window).
         lr_gate: ``theta``: a :class:`Gate`, a float (constant), or ``"learned"`` (default:
             ``LearnedGate(init=lr_init, max_value=lr_max)``), in the units of ``step_scale``.
         lr_init, lr_max: the learned ``theta``'s value at initialisation and its ceiling
@@ -163,6 +183,9 @@ class NeuralMemory(nn.Module):
             the squared error; ``checkpoint=True`` recomputes three blocks in four in the
             backward pass (slower; it saves about a third of the memory on the general path
             of other memories, little on the hand-written one; docs/memory.md).
+        compile_blocks: run the hand-written block through ``torch.compile`` (``True``: the
+            default compiler, Triton kernels on a GPU; or a backend's name): compiled once per
+            block shape, whatever the sequence length (:func:`memorize`; docs/guides/gpu.md).
 
     Raises:
         ValueError: at construction, on a size that is not an integer of the allowed range,
@@ -199,8 +222,12 @@ class NeuralMemory(nn.Module):
         output_gate: bool = True,
         block_chunks: int = 6,
         checkpoint: bool = False,
+        compile_blocks: bool | str = False,
         step_scale: StepScale | str = "normalized",
         forget_target: str = "init",
+        retention: Retention | str = "l2",
+        feature_map: FeatureMap | str | None = None,
+        omega_window: int = 1,
     ) -> None:
         super().__init__()
         fn = "NeuralMemory"
@@ -208,6 +235,7 @@ class NeuralMemory(nn.Module):
         check_integer(fn, "heads", heads, 1)
         check_integer(fn, "chunk_size", chunk_size, 1)
         check_integer(fn, "block_chunks", block_chunks, 1)
+        check_integer(fn, "omega_window", omega_window, 1)
         if conv_kernel is not None:
             check_integer(fn, "conv_kernel", conv_kernel, 0)
         for flag, value in (
@@ -248,6 +276,9 @@ class NeuralMemory(nn.Module):
         step_scale = _component("step_scale", step_scale, STEP_SCALES, "a StepScale",
                                 lambda o: isinstance(o, StepScale))
         check_forget_target("NeuralMemory", forget_target)
+        retention = _component("retention", retention, RETENTIONS, "a Retention", lambda o: isinstance(o, Retention))
+        feature_map = _component("feature_map", "identity" if feature_map is None else feature_map, FEATURE_MAPS,
+                                 "a FeatureMap", lambda o: isinstance(o, FeatureMap))
         lr_init = step_scale.lr_init if lr_init is None else lr_init
         lr_max = step_scale.lr_max if lr_max is None else lr_max
 
@@ -256,8 +287,12 @@ class NeuralMemory(nn.Module):
         self.objective = objective if objective is not None else SquaredError()
         self.optimizer = optimizer
         self.step_scale, self.forget_target = step_scale, forget_target
+        self.retention, self.feature_map, self.omega_window = retention, feature_map, omega_window
         self.qkv_silu, self.qk_norm = qkv_silu, qk_norm
         self.block_chunks, self.checkpoint = block_chunks, checkpoint
+        if not isinstance(compile_blocks, (bool, str)):
+            raise TypeError(f"{fn}: compile_blocks must be True, False or a backend's name, got {compile_blocks!r}")
+        self.compile_blocks = compile_blocks
         inner = heads * dim_head
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.conv = CausalDepthwiseConv(3 * inner, conv_kernel) if conv_kernel else None
@@ -267,6 +302,7 @@ class NeuralMemory(nn.Module):
             self._gate("momentum_gate", momentum_gate, dim, init=0.9) if optimizer.uses_momentum else None
         )
         self.decay_gate = self._gate("decay_gate", decay_gate, dim, init=0.01)
+        self.omega_gate = LearnedGate(dim, heads, init=0.9) if omega_window > 1 else None
         # The built-in gates and step scales give values in range by construction; only a user's
         # own gate or step scale has its values scanned by memorize (a host sync per call).
         self._scan_gates = not (
@@ -343,6 +379,10 @@ class NeuralMemory(nn.Module):
         q, k, v = h.unflatten(-1, (3, self.heads, self.dim_head)).permute(2, 0, 3, 1, 4).unbind(0)
         if self.qk_norm:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        if not isinstance(self.feature_map, IdentityFeatures):
+            q, k = self.feature_map(q), self.feature_map(k)
+            if self.qk_norm:
+                q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         return q, k, v, new_conv
 
     def _check(self, x: Any, state: Any) -> None:
@@ -400,7 +440,9 @@ class NeuralMemory(nn.Module):
         lr = self.lr_gate(x)
         eta = None if self.momentum_gate is None else self.momentum_gate(x)
         alpha = None if self.decay_gate is None else self.decay_gate(x)
-        with _inner_precision(x) as cast:
+        gamma = None if self.omega_gate is None else self.omega_gate(x) / self.omega_window
+        context, cast = _inner_precision(x)
+        with context:
             eta = cast(eta)
             lr = self.step_scale(cast(lr), eta, chunk_size=self.chunk_size, memory=self.memory)
             y, mem = memorize(
@@ -410,8 +452,13 @@ class NeuralMemory(nn.Module):
                 objective=self.objective,
                 check_gates=self._scan_gates,  # built-in gates: in range by construction, nan = divergence
                 block_chunks=self.block_chunks,
+                compile_blocks=self.compile_blocks,
                 checkpoint=self.checkpoint,
                 forget_target=self.forget_target,
+                retention=None if self.retention.linear else self.retention,
+                omega_window=self.omega_window,
+                omega_weights=cast(gamma),
+                newton_schulz_steps=self.optimizer.newton_schulz_steps,
             )
         return self._output(x, y), NeuralMemoryState(mem, conv)
 
@@ -424,7 +471,11 @@ class NeuralMemory(nn.Module):
         self._check(x, state)
         q, _, _, _ = self._qkv(x, None if state is None else state.conv)
         mem = state.memory if state is not None else self.memory.init_state(x.shape[0], self.heads)
-        with _inner_precision(x) as cast:
+        context, cast = _inner_precision(x)
+        if not self.retention.linear:  # the state holds the accumulator A; the memory reads phi(A)
+            read = {n: self.retention.readout(a, a.ndim - 2) for n, a in mem.weights.items()}
+            mem = MemoryState(read, mem.momentum, mem.chunk_weights, mem.offset, mem.chunk_size, mem.window)
+        with context:
             y = retrieve(self.memory, mem, cast(q))
         return self._output(x, y)
 
@@ -440,5 +491,6 @@ class NeuralMemory(nn.Module):
         return (
             f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, chunk_size={self.chunk_size}, "
             f"optimizer={type(self.optimizer).__name__}, objective={self.objective}, "
-            f"step_scale={self.step_scale}, forget_target={self.forget_target!r}"
+            f"step_scale={self.step_scale}, forget_target={self.forget_target!r}, "
+            f"retention={self.retention}, omega_window={self.omega_window}"
         )

@@ -7,12 +7,16 @@
 - :class:`TitansLM` streams exactly: pieces of any size with the returned state equal one call.
 - :func:`save_pretrained` / :func:`load_pretrained`: safetensors weights plus JSON config.
 - :class:`TitansMACConfig` / :class:`TitansMACForCausalLM`: the reference MAC API, mapped.
-- Synthetic tasks (:data:`TASKS`: MQAR, needle in a haystack, selective copying), :func:`train`
-  with :class:`TrainConfig`, :func:`evaluate`, and the ``titans`` command line.
+- :mod:`titans.hf`: the Hugging Face ``transformers`` adapter (the ``hf`` extra).
+
+The experiment application sits on top, in :mod:`titans.experiments` (nothing in the library
+imports it): synthetic and text tasks (:data:`TASKS`), :func:`train` with :class:`TrainConfig`,
+:func:`evaluate`, ablations, the demo, reports and the ``titans`` command line. Its public names
+are re-exported here.
 """
 
 from titans import registry
-from titans.ablation import (
+from titans.experiments.ablation import (
     AblationSpec,
     RunSpec,
     load_spec,
@@ -38,8 +42,8 @@ from titans.builders import build_block, build_combine, build_memory
 from titans.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from titans.compat import TitansMACConfig, TitansMACForCausalLM
 from titans.config import PRESETS, TitansConfig
-from titans.demo import DemoSettings, run_demo
-from titans.evaluate import evaluate
+from titans.experiments.demo import DemoSettings, run_demo
+from titans.experiments.evaluate import evaluate
 from titans.gating import CombineGate, NormalizedGate, ProductGate, SigmoidGate
 from titans.model import (
     GenerateOutput,
@@ -48,9 +52,9 @@ from titans.model import (
     TitansState,
     count_parameters,
 )
-from titans.report import markdown_table, plot_results
-from titans.tasks import MQAR, TASKS, NeedleInHaystack, SelectiveCopy, Task, TextTask, make_task
-from titans.train import TrainConfig, train
+from titans.experiments.report import markdown_table, plot_results
+from titans.experiments.tasks import MQAR, TASKS, NeedleInHaystack, SelectiveCopy, Task, TextTask, make_task
+from titans.experiments.train import TrainConfig, train
 
 __all__ = [
     "MQAR",

@@ -1,7 +1,7 @@
-"""``python -m titans``: the :mod:`titans.cli` command line."""
+"""``python -m titans``: the :mod:`titans.experiments.cli` command line."""
 
 import sys
 
-from titans.cli import main
+from titans.experiments.cli import main
 
 sys.exit(main())

@@ -20,6 +20,7 @@ from memory_blocks.persistent import PersistentMemory
 
 from titans import registry
 from titans.blocks import AttentionBlock, LMMBlock, MACBlock, MAGBlock, MALBlock
+from titans.blocks.mac import MemoryTokenGain
 from titans.config import TitansConfig
 
 __all__ = [
@@ -79,6 +80,11 @@ def build_memory(config: TitansConfig) -> NeuralMemory:
         checkpoint=config.memory_checkpoint,
         step_scale=registry.STEP_SCALES.get(config.step_scale, "TitansConfig.step_scale")(),
         forget_target=config.forget_target,
+        retention=registry.RETENTIONS.get(config.retention, "TitansConfig.retention")(**config.retention_kwargs),
+        feature_map=registry.FEATURE_MAPS.get(config.feature_map, "TitansConfig.feature_map")(
+            **config.feature_map_kwargs
+        ),
+        omega_window=config.omega_window,
     )
 
 
@@ -127,6 +133,20 @@ def _ffn(config: TitansConfig) -> dict[str, nn.Module]:
     return dict(feedforward=SwiGLU(config.dim, config.ffn_hidden), ffn_norm=_norm(config))
 
 
+def _mac_memory_norm(config: TitansConfig) -> nn.Module | None:
+    """MAC's memory-token scaling (``config.mac_memory_norm``): ``None`` (``"none"``), a learned
+    per-feature gain from 1 (``"gain"``), or an RMSNorm whose gain starts at 1 (``"rms"``) or at 0
+    (``"rms_zero"``: the attention starts without the tokens' content and learns to open it)."""
+    if config.mac_memory_norm == "none":
+        return None
+    if config.mac_memory_norm == "gain":
+        return MemoryTokenGain(config.dim)
+    norm = _norm(config)
+    if config.mac_memory_norm == "rms_zero":
+        nn.init.zeros_(norm.weight)
+    return norm
+
+
 def build_mac_block(config: TitansConfig, layer: int) -> MACBlock:
     with_memory = config.layer_has_memory(layer)
     tokens = config.resolved_memory_tokens if with_memory else 0
@@ -153,6 +173,7 @@ def build_mac_block(config: TitansConfig, layer: int) -> MACBlock:
         num_memory_tokens=tokens,
         write=config.mac_write,
         retrieve_projection=retrieve_projection,
+        memory_norm=_mac_memory_norm(config) if tokens else None,
         **_ffn(config),
     )
 

@@ -16,7 +16,8 @@ from typing import Any
 from memory_blocks.attention import MEMORY_POSITIONS
 from memory_blocks.functional.validate import check_forget_target
 from titans import registry
-from titans.blocks.mac import MAC_WRITES
+from titans.blocks.mac import MAC_MEMORY_NORMS, MAC_WRITES
+from titans.recipes import recipe_fields
 
 __all__ = ["PRESETS", "TitansConfig"]
 
@@ -53,7 +54,7 @@ class TitansConfig:
         memory_activation: the memory model's activation, a name in ``registry.ACTIVATIONS``.
         memory_heads: memory heads (``None``: ``heads``); each head has ``dim / memory_heads``
             features.
-        optimizer: ``"momentum"`` (eq. 13) or ``"gd"``.
+        optimizer: ``"momentum"`` (eq. 13), ``"gd"`` or ``"muon"`` (ATLAS; written once per chunk).
         objective: ``"squared_error"`` (eq. 12), ``"huber"``, ``"lp"`` or ``"dot_product"``.
         objective_kwargs: keyword arguments of the objective (e.g. Huber's ``delta``).
         lr_gate, momentum_gate, decay_gate: ``theta``, ``eta``, ``alpha`` (eqs. 13-14):
@@ -69,6 +70,14 @@ class TitansConfig:
             stable) or ``"literal"`` (eq. 13 as written).
         forget_target: ``"init"`` (default: forgetting pulls towards ``W_0``) or ``"zero"``
             (eq. 14 as written).
+        retention: a name in ``registry.RETENTIONS`` (``"l2"``, default, the paper's forgetting;
+            ``"lq"``, ``"kl"``, ``"elastic_net"``: MIRAS).
+        retention_kwargs: keyword arguments of the retention (e.g. ``{"q": 4.0}``).
+        feature_map: a name in ``registry.FEATURE_MAPS`` (``"identity"``, default, or
+            ``"polynomial"``) applied to the memory's queries and keys.
+        feature_map_kwargs: keyword arguments of the feature map (e.g. ``{"degree": 2}``).
+        omega_window: ``c``, tokens in each token's inner loss (ATLAS' Omega rule; 1: eq. 12).
+            :meth:`from_recipe` sets these fields (and the objective and optimizer) by name.
         per_tensor_lr: a learned step size per fast-weight tensor.
         chunk_size: tokens that share the chunk-start weights (eq. 16).
         conv_kernel: taps of the causal convolution after q, k, v (0: none).
@@ -97,6 +106,11 @@ class TitansConfig:
         mac_retrieve_query: ``"shared"`` (the retrieval, eq. 21, uses the memory's own query
             projection) or ``"separate"`` (a learned ``dim x dim`` map, initialised to the
             identity, before it).
+        mac_memory_norm: how MAC's memory tokens enter the attention: ``"none"`` (the default:
+            as the memory returns them), ``"gain"`` (times a learned per-feature gain from 1, not
+            normalised, so their magnitudes stay), ``"rms"`` (RMS-normalised with a learned gain
+            from 1, as the segment's tokens are) or ``"rms_zero"`` (the same, the gain from 0);
+            see :class:`~titans.blocks.mac.MACBlock` and docs/guides/mac_ablation.md.
         max_seq_len: the window of the ``transformer`` baseline (its full context).
         rotary_base: RoPE base.
         attention_backend: kernel of sliding-window attention: ``"blocked"``, ``"sdpa"``, ``"dense"``
@@ -136,6 +150,11 @@ class TitansConfig:
     lr_gate_max: float | None = None
     step_scale: str = "normalized"
     forget_target: str = "init"
+    retention: str = "l2"
+    retention_kwargs: dict[str, float] = field(default_factory=dict, hash=False)
+    feature_map: str = "identity"
+    feature_map_kwargs: dict[str, int | float] = field(default_factory=dict, hash=False)
+    omega_window: int = 1
     per_tensor_lr: bool = False
     chunk_size: int = 16
     conv_kernel: int = 4
@@ -152,6 +171,7 @@ class TitansConfig:
     mac_memory_positions: str = "prefix"
     mac_memory_visibility: str = "causal"
     mac_retrieve_query: str = "shared"
+    mac_memory_norm: str = "none"
     max_seq_len: int = 4096
     rotary_base: float = 10000.0
     attention_backend: str = "blocked"
@@ -161,6 +181,9 @@ class TitansConfig:
             object.__setattr__(self, "memory_layers", tuple(self.memory_layers))
         _objective_kwargs(self)
         object.__setattr__(self, "objective_kwargs", dict(self.objective_kwargs))
+        for name in ("retention_kwargs", "feature_map_kwargs"):
+            _kwargs(self, name)
+            object.__setattr__(self, name, dict(getattr(self, name)))
         _validate(self)
 
     # ----- derived values -------------------------------------------------------------
@@ -198,6 +221,16 @@ class TitansConfig:
             raise ValueError(f"TitansConfig.preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], "variant": variant, **overrides})
 
+    @classmethod
+    def from_recipe(cls, recipe: str, *, preset: str = "tiny", variant: str = "mac", **overrides: Any) -> TitansConfig:
+        """A named memory recipe (``"titans"``, ``"moneta"``, ``"yaad"``, ``"memora"``,
+        ``"atlas"``; :data:`titans.recipes.RECIPES`) on a size preset, any field overridden.
+
+        Raises:
+            ValueError: an unknown recipe or preset, or a field the config refuses.
+        """
+        return cls.preset(preset, variant=variant, **{**recipe_fields(recipe), **overrides})
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (tuples become lists)."""
         out = dataclasses.asdict(self)
@@ -230,7 +263,8 @@ class TitansConfig:
         the stabilising rules existed, so it gets the literal update (``step_scale="literal"``,
         ``forget_target="zero"``) that its model was trained with; one without ``mac_write``
         predates MAC's current defaults, so it gets ``mac_write="attention"`` and (a MAC with
-        the default combine) ``combine="product"``.
+        the default combine) ``combine="product"``; one without ``mac_memory_norm`` gets
+        ``"none"`` (its MAC showed the retrievals unnormalised).
 
         Raises:
             TypeError: ``text`` is not a string.
@@ -260,6 +294,9 @@ class TitansConfig:
             config = {**config, "mac_write": "attention"}
             if config.get("variant") == "mac" and config.get("combine") is None:
                 config["combine"] = "product"
+        if "mac_memory_norm" not in config:
+            # Written before MAC normalised its memory tokens (docs/guides/mac_ablation.md).
+            config = {**config, "mac_memory_norm": "none"}
         return cls.from_dict(config)
 
 
@@ -287,11 +324,13 @@ OBJECTIVE_LIMITS = {("lp", "p"): 4.0}
 SPEED_FIELDS = ("memory_checkpoint", "memory_block_chunks", "attention_backend")
 #: Fields that name a component of a registry (``titans.registry.<table>``).
 _REGISTERED = {"variant": "VARIANTS", "memory_model": "MEMORY_MODELS", "memory_activation": "ACTIVATIONS",
-               "optimizer": "OPTIMIZERS", "objective": "OBJECTIVES", "step_scale": "STEP_SCALES"}
+               "optimizer": "OPTIMIZERS", "objective": "OBJECTIVES", "step_scale": "STEP_SCALES",
+               "retention": "RETENTIONS", "feature_map": "FEATURE_MAPS"}
 _BOOL_FIELDS = ("tie_embeddings", "per_tensor_lr", "memory_checkpoint")
 _STR_FIELDS = (
     "variant", "memory_model", "memory_activation", "optimizer", "objective", "step_scale", "forget_target",
     "mac_write", "mac_memory_positions", "mac_memory_visibility", "mac_retrieve_query", "attention_backend",
+    "mac_memory_norm", "retention", "feature_map",
 )
 
 
@@ -351,6 +390,25 @@ def _objective_kwargs(cfg: TitansConfig) -> None:
             raise _fail("objective_kwargs", f"must map names to finite numbers, got {key!r}: {value!r}")
 
 
+def _kwargs(cfg: TitansConfig, name: str) -> None:
+    kwargs = getattr(cfg, name)
+    if not isinstance(kwargs, dict):
+        raise _fail(name, f"must be a dict of names to numbers, got {kwargs!r}")
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not _is_real(value) or not math.isfinite(value):
+            raise _fail(name, f"must map names to finite numbers, got {key!r}: {value!r}")
+
+
+def _component_kwargs(cfg: TitansConfig, name: str, table: Any) -> None:
+    """The component named by field ``name`` accepts the config's ``<name>_kwargs``."""
+    kwargs = getattr(cfg, f"{name}_kwargs")
+    cls = table.get(getattr(cfg, name), f"TitansConfig.{name}")
+    try:
+        cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise _fail(f"{name}_kwargs", f"{getattr(cfg, name)!r} rejects {kwargs}: {err}") from err
+
+
 def _validate_types(cfg: TitansConfig) -> None:
     """Every field's kind, before anything compares or hashes it."""
     for name in _BOOL_FIELDS:
@@ -367,6 +425,8 @@ def _validate_types(cfg: TitansConfig) -> None:
     if cfg.combine is not None and not isinstance(cfg.combine, str):
         raise _fail("combine", f"must be a string or None, got {cfg.combine!r}")
     _objective_kwargs(cfg)
+    for name in ("retention_kwargs", "feature_map_kwargs"):
+        _kwargs(cfg, name)
     layers = cfg.memory_layers
     if layers is not None and not isinstance(layers, tuple):
         raise _fail("memory_layers", f"must be a list of block indices or None, got {layers!r}")
@@ -378,7 +438,7 @@ def _validate(cfg: TitansConfig) -> None:
     for name, low in (("vocab_size", 1), ("dim", 1), ("depth", 1), ("heads", 1), ("window", 1),
                       ("segment_len", 1), ("num_persistent", 0), ("chunk_size", 1),
                       ("conv_kernel", 0), ("memory_depth", 1), ("max_seq_len", 1),
-                      ("memory_block_chunks", 1)):
+                      ("memory_block_chunks", 1), ("omega_window", 1)):
         _int(cfg, name, low)
     for name in ("dim_head", "ffn_hidden", "memory_heads"):
         _int(cfg, name, 1, optional=True)
@@ -414,6 +474,8 @@ def _validate(cfg: TitansConfig) -> None:
         objective(**cfg.objective_kwargs)
     except (TypeError, ValueError) as err:
         raise ValueError(f"TitansConfig.objective_kwargs: {cfg.objective!r} rejects {cfg.objective_kwargs}: {err}") from err
+    _component_kwargs(cfg, "retention", registry.RETENTIONS)
+    _component_kwargs(cfg, "feature_map", registry.FEATURE_MAPS)
     step_scale = registry.STEP_SCALES.get(cfg.step_scale, "TitansConfig.step_scale")
     check_forget_target("TitansConfig", cfg.forget_target)
     lr_limit = LR_GATE_LIMITS.get(cfg.step_scale, step_scale.lr_max)
@@ -444,7 +506,8 @@ def _validate(cfg: TitansConfig) -> None:
         registry.COMBINES.get(cfg.combine, "TitansConfig.combine")
     # MAC's queries never see the retrievals of later tokens: no "all" visibility.
     for name, choices in (("mac_write", MAC_WRITES), ("mac_memory_positions", MEMORY_POSITIONS),
-                          ("mac_memory_visibility", ("causal", "own")), ("mac_retrieve_query", ("shared", "separate"))):
+                          ("mac_memory_visibility", ("causal", "own")), ("mac_retrieve_query", ("shared", "separate")),
+                          ("mac_memory_norm", MAC_MEMORY_NORMS)):
         if getattr(cfg, name) not in choices:
             raise ValueError(f"TitansConfig.{name}: must be one of {choices}, got {getattr(cfg, name)!r}")
     if cfg.attention_backend not in ("blocked", "sdpa", "dense", "flex"):

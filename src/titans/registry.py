@@ -5,7 +5,9 @@ Each :class:`Registry` maps a name to a class or a builder. The tables:
 - :data:`MEMORY_MODELS`: the fast-weight family ``f(W; x)`` of a memory head, as builders
   ``(dim_head, *, depth, expansion, activation) -> MemoryModel``.
 - :data:`OBJECTIVES`: the inner loss (paper eq. 12 and MIRAS' alternatives).
-- :data:`OPTIMIZERS`: the inner optimizer (eq. 13 momentum, or plain gradient descent).
+- :data:`OPTIMIZERS`: the inner optimizer (eq. 13 momentum, plain gradient descent, Muon).
+- :data:`RETENTIONS`: the retention (the paper's l2 forgetting and MIRAS' alternatives).
+- :data:`FEATURE_MAPS`: the feature map on the memory's queries and keys.
 - :data:`MEMORY_GATES`: how ``theta``, ``eta``, ``alpha`` are produced when a config names
   them by string (a float in a config means a constant gate, ``None`` switches it off).
 - :data:`COMBINES`: how a block merges attention and memory outputs (MAC eq. 25, MAG eq. 28).
@@ -22,10 +24,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from memory_blocks.feature_maps import FEATURE_MAPS as _FEATURE_MAPS
 from memory_blocks.memories import GatedMLPMemory, LinearMemory, MemoryModel, MLPMemory
 from memory_blocks.memories.activations import ACTIVATIONS as _ACTIVATIONS
 from memory_blocks.objectives import OBJECTIVES as _OBJECTIVES
 from memory_blocks.optimizers import OPTIMIZERS as _OPTIMIZERS
+from memory_blocks.retention import RETENTIONS as _RETENTIONS
 from memory_blocks.step_scale import STEP_SCALES as _STEP_SCALES
 
 from titans.gating import NormalizedGate, ProductGate, SigmoidGate
@@ -33,10 +37,12 @@ from titans.gating import NormalizedGate, ProductGate, SigmoidGate
 __all__ = [
     "ACTIVATIONS",
     "COMBINES",
+    "FEATURE_MAPS",
     "MEMORY_GATES",
     "MEMORY_MODELS",
     "OBJECTIVES",
     "OPTIMIZERS",
+    "RETENTIONS",
     "STEP_SCALES",
     "VARIANTS",
     "Registry",
@@ -127,6 +133,10 @@ MEMORY_MODELS: Registry[MemoryBuilder] = Registry(
 OBJECTIVES: Registry[type] = Registry("objective", dict(_OBJECTIVES), where="titans.registry.OBJECTIVES")
 #: Inner optimizers by name (classes from :mod:`memory_blocks.optimizers`).
 OPTIMIZERS: Registry[type] = Registry("optimizer", dict(_OPTIMIZERS), where="titans.registry.OPTIMIZERS")
+#: Retentions by name (classes from :mod:`memory_blocks.retention`).
+RETENTIONS: Registry[type] = Registry("retention", dict(_RETENTIONS), where="titans.registry.RETENTIONS")
+#: Feature maps on queries and keys by name (classes from :mod:`memory_blocks.feature_maps`).
+FEATURE_MAPS: Registry[type] = Registry("feature map", dict(_FEATURE_MAPS), where="titans.registry.FEATURE_MAPS")
 #: Step scales by name: how theta becomes the step of eq. 13 (:mod:`memory_blocks.step_scale`).
 STEP_SCALES: Registry[type] = Registry("step scale", dict(_STEP_SCALES), where="titans.registry.STEP_SCALES")
 #: Gate kinds a config may name by string; a float means a constant gate.

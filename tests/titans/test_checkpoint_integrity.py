@@ -18,9 +18,9 @@ from safetensors.torch import save_model
 
 from titans import TitansConfig, TitansLM, load_pretrained, save_pretrained
 from titans.checkpoint import CheckpointError, load_checkpoint_config
-from titans.cli import main
+from titans.experiments.cli import main
 from titans.manifest import write_manifest
-from titans.run_checkpoint import (
+from titans.experiments.run_checkpoint import (
     TRAINING_FILES,
     checkpoint_note,
     latest_checkpoint,
@@ -390,7 +390,7 @@ def test_a_save_killed_mid_write_leaves_the_last_checkpoint_and_no_temporary(tmp
     def killed(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("titans.run_checkpoint.write_manifest", killed)  # everything but the manifest written
+    monkeypatch.setattr("titans.experiments.run_checkpoint.write_manifest", killed)  # everything but the manifest written
     with pytest.raises(KeyboardInterrupt):
         training_checkpoint(out, step=2)
     monkeypatch.undo()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from titans.cli import main
+from titans.experiments.cli import main
 
 TINY = ["--batch-size", "2", "--seq-len", "16", "--warmup", "1", "--log-every", "1", "--eval-batches", "1"]
 
@@ -110,7 +110,7 @@ def test_config_file_and_overrides(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_component_overrides_map_onto_config_fields() -> None:
-    from titans.cli import _model_config, build_parser
+    from titans.experiments.cli import _model_config, build_parser
 
     def config(*flags: str):
         return _model_config(build_parser().parse_args(["train", "--variant", "mag", "--task", "mqar",

@@ -156,7 +156,8 @@ def _expected_mac_parameters(c: TitansConfig) -> int:
     )
     attention = d * h * dh + 2 * d * h * dh + h * dh * d
     combine = 2 * d if c.resolved_combine == "normalized" else 0  # the gate's two RMSNorm gains
-    block = attention + memory + combine + c.num_persistent * d + 2 * d + 3 * d * hidden
+    tokens_norm = d if c.resolved_memory_tokens and c.mac_memory_norm != "none" else 0  # memory tokens' gain
+    block = attention + memory + combine + tokens_norm + c.num_persistent * d + 2 * d + 3 * d * hidden
     return 2 * v * d + d + c.depth * block
 
 

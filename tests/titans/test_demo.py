@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from titans.demo import DemoSettings, demo_spec, run_demo
-from titans.report import accuracy_at
+from titans.experiments.demo import DemoSettings, demo_spec, run_demo
+from titans.experiments.report import accuracy_at
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import load_file
 
 from titans.config import TitansConfig
-from titans.run_checkpoint import latest_checkpoint
-from titans.tasks import make_task
-from titans.train import TrainConfig, _new_model, batch_generator, train
+from titans.experiments.run_checkpoint import latest_checkpoint
+from titans.experiments.tasks import make_task
+from titans.experiments.train import TrainConfig, _new_model, batch_generator, train
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is unavailable")
 
@@ -88,9 +88,9 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
 WORKER = textwrap.dedent("""
     import gc, sys, torch, torch.distributed as dist
     from titans.config import TitansConfig
-    from titans.tasks import make_task
-    from titans.distributed import distributed_step
-    from titans.train import _new_model, batch_generator
+    from titans.experiments.tasks import make_task
+    from titans.experiments.distributed import distributed_step
+    from titans.experiments.train import _new_model, batch_generator
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     config = TitansConfig.preset("tiny")
@@ -104,7 +104,7 @@ WORKER = textwrap.dedent("""
     grads = {name: p.grad for name, p in model.named_parameters()}
     torch.save({"loss": loss, "accuracy": accuracy, "grads": grads}, f"{sys.argv[1]}/rank{rank}.pt")
     del ddp
-    gc.collect()  # as titans.train does: no live DDP reducer when the gloo group goes
+    gc.collect()  # as titans.experiments.train does: no live DDP reducer when the gloo group goes
     dist.barrier()
     dist.destroy_process_group()
 """)

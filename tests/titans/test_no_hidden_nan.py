@@ -15,18 +15,18 @@ import pytest
 import torch
 from safetensors.torch import save_model
 
-import titans.ablation
-import titans.cli
+import titans.experiments.ablation
+import titans.experiments.cli
 from titans import TitansLM, save_pretrained
-from titans.ablation import parse_spec, run_ablation
+from titans.experiments.ablation import parse_spec, run_ablation
 from titans.checkpoint import CONFIG_NAME, WEIGHTS_NAME
-from titans.cli import main
-from titans.demo import DemoSettings, run_demo
-from titans.evaluate import evaluate, json_safe
+from titans.experiments.cli import main
+from titans.experiments.demo import DemoSettings, run_demo
+from titans.experiments.evaluate import evaluate, json_safe
 from titans.manifest import write_manifest
-from titans.report import accuracy_at, diverged_lengths, markdown_table, plot_results
-from titans.tasks import MQAR
-from titans.train import TrainConfig, train
+from titans.experiments.report import accuracy_at, diverged_lengths, markdown_table, plot_results
+from titans.experiments.tasks import MQAR
+from titans.experiments.train import TrainConfig, train
 
 from .helpers import tiny
 
@@ -112,8 +112,8 @@ def test_titans_eval_marks_only_the_lengths_that_diverge(
     captured = capsys.readouterr()
     assert captured.out.count("accuracy") == 2 and "diverged" not in captured.out and captured.err == ""
 
-    load = titans.cli.load_pretrained
-    monkeypatch.setattr(titans.cli, "load_pretrained", lambda *a, **k: nan_beyond(load(*a, **k), limit=8))
+    load = titans.experiments.cli.load_pretrained
+    monkeypatch.setattr(titans.experiments.cli, "load_pretrained", lambda *a, **k: nan_beyond(load(*a, **k), limit=8))
     assert main(["eval", "--checkpoint", str(checkpoint), *EVAL]) == 1
     captured = capsys.readouterr()
     short, long = captured.out.splitlines()
@@ -138,8 +138,8 @@ def spec_document(**changes: Any) -> dict[str, Any]:
 def test_an_ablation_reports_the_loss_and_marks_a_non_finite_evaluation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    load = titans.ablation.load_pretrained
-    monkeypatch.setattr(titans.ablation, "load_pretrained", lambda *a, **k: nan_beyond(load(*a, **k), limit=16))
+    load = titans.experiments.ablation.load_pretrained
+    monkeypatch.setattr(titans.experiments.ablation, "load_pretrained", lambda *a, **k: nan_beyond(load(*a, **k), limit=16))
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(spec_document()))
     out = tmp_path / "out"
@@ -180,13 +180,13 @@ def test_a_result_written_with_a_bare_nan_is_read_as_diverged(tmp_path: Path) ->
 def test_the_demo_gives_no_recall_where_the_memory_models_evaluation_diverges(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    load = titans.ablation.load_pretrained
+    load = titans.experiments.ablation.load_pretrained
 
     def load_memory_nan_at_64(*args: Any, **kwargs: Any) -> TitansLM:
         model = load(*args, **kwargs)
         return nan_beyond(model, limit=32) if model.config.variant == "mag" else model
 
-    monkeypatch.setattr(titans.ablation, "load_pretrained", load_memory_nan_at_64)
+    monkeypatch.setattr(titans.experiments.ablation, "load_pretrained", load_memory_nan_at_64)
     summary = run_demo(tmp_path, DemoSettings(steps=1, lengths=(32, 64), eval_batches=1))
     report = Path(summary["report"]).read_text()
     assert "nan%" not in report and "diverged at length 64" in report
@@ -230,7 +230,7 @@ def test_titans_train_stopping_on_nan_or_ctrl_c_tells_the_truth_about_checkpoint
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(titans.cli, "train", interrupted)
+    monkeypatch.setattr(titans.experiments.cli, "train", interrupted)
     assert main(args) == 130
     err = capsys.readouterr().err
     assert f"no checkpoint was written to {out}" in err and "resume" not in err, err

@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 from titans import TitansConfig
-from titans.run_checkpoint import latest_checkpoint
-from titans.run_lock import LOCK_NAME
-from titans.tasks import make_task
-from titans.train import TrainConfig, train
+from titans.experiments.run_checkpoint import latest_checkpoint
+from titans.experiments.run_lock import LOCK_NAME
+from titans.experiments.tasks import make_task
+from titans.experiments.train import TrainConfig, train
 
 STEPS = 24
 KILLS = 3

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from titans.run_lock import LOCK_NAME, RunLock, RunLockedError
+from titans.experiments.run_lock import LOCK_NAME, RunLock, RunLockedError
 
-HOLD = ("import sys, time; from titans.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+HOLD = ("import sys, time; from titans.experiments.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); "
         "print('held', flush=True); time.sleep(120)")
 TRAIN = ["train", "-q", "--variant", "swa", "--task", "mqar", "--task-arg", "num_pairs=2", "--batch-size", "2",
          "--seq-len", "16", "--warmup", "1", "--eval-batches", "1"]

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from titans.tasks import (
+from titans.experiments.tasks import (
     IGNORE_INDEX,
     MQAR,
     TASKS,
@@ -20,8 +20,8 @@ from titans.tasks import (
     make_task,
     masked_accuracy,
 )
-from titans.tasks.needle import NEEDLE, QUERY
-from titans.tasks.selective_copy import BLANK, MARKER
+from titans.experiments.tasks.needle import NEEDLE, QUERY
+from titans.experiments.tasks.selective_copy import BLANK, MARKER
 
 from .helpers import SMALL
 

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from titans.tasks import MQAR, TextTask, bits_per_byte, evaluation_task, make_task, task_to_dict
+from titans.experiments.tasks import MQAR, TextTask, bits_per_byte, evaluation_task, make_task, task_to_dict
 
 TEXT = ("Titans learn to memorize at test time. Ünïcødé bytes count as bytes.\n" * 40).encode()
 
@@ -98,7 +98,7 @@ def test_bits_per_byte() -> None:
 
 def test_evaluation_draws_from_the_held_out_part(corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from titans import TitansLM
-    from titans.evaluate import evaluate
+    from titans.experiments.evaluate import evaluate
 
     from .helpers import tiny
 
@@ -122,8 +122,8 @@ def test_train_and_eval_on_text_from_the_command_line(
     corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from titans.checkpoint import load_pretrained
-    from titans.cli import main
-    from titans.run_checkpoint import latest_checkpoint
+    from titans.experiments.cli import main
+    from titans.experiments.run_checkpoint import latest_checkpoint
 
     out = tmp_path / "run"
     assert main(["train", "--variant", "swa", "--task", "text", "--data", str(corpus), "--steps", "2",

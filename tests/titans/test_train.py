@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from titans.evaluate import evaluate
+from titans.experiments.evaluate import evaluate
 from titans.manifest import MANIFEST_NAME, write_manifest
-from titans.run_checkpoint import latest_checkpoint, load_training_state
-from titans.run_metrics import append_record, read_records
-from titans.tasks import MQAR, NeedleInHaystack, SelectiveCopy
-from titans.train import TrainConfig, batch_generator, load_run, lr_factor, train
+from titans.experiments.run_checkpoint import latest_checkpoint, load_training_state
+from titans.experiments.run_metrics import append_record, read_records
+from titans.experiments.tasks import MQAR, NeedleInHaystack, SelectiveCopy
+from titans.experiments.train import TrainConfig, batch_generator, load_run, lr_factor, train
 
 from .helpers import tiny
 
@@ -109,7 +109,7 @@ def test_a_checkpoint_saved_before_a_task_option_existed_still_resumes(tmp_path:
 def test_train_stops_before_the_update_when_the_loss_is_not_finite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module = sys.modules["titans.train"]  # the package's attribute `train` is the function
+    module = sys.modules["titans.experiments.train"]  # the package's attribute `train` is the function
     fresh = module._new_model
 
     def poisoned(*args: object) -> torch.nn.Module:  # NaN in the last norm: a NaN loss, finite memory
@@ -198,7 +198,7 @@ def test_an_interrupted_write_keeps_the_last_checkpoint(tmp_path: Path, monkeypa
     def crash(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("titans.run_checkpoint.torch.save", crash)  # dies mid-write of the next checkpoint
+    monkeypatch.setattr("titans.experiments.run_checkpoint.torch.save", crash)  # dies mid-write of the next checkpoint
     with pytest.raises(KeyboardInterrupt):
         train(tiny("swa"), TrainConfig(steps=2, **FAST), MQAR(num_pairs=2), tmp_path / "run", resume=True)
     monkeypatch.undo()
@@ -248,7 +248,7 @@ def test_a_non_finite_value_refused_inside_the_model_stops_training_and_fails_an
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from titans import TitansLM
-    from titans.evaluate import evaluate_task
+    from titans.experiments.evaluate import evaluate_task
 
     forward, calls = TitansLM.forward, []
 

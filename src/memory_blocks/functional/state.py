@@ -30,6 +30,10 @@ class MemoryState:
             ``None`` (unknown: a state built by hand, or by ``init_state``). A state with a
             chunk size is refused by a call with another one: its momentum, its unfinished
             chunk and its chunk boundaries belong to that chunking.
+        window: with the Omega rule (``omega_window = c > 1``), the last ``c - 1`` tokens the
+            next tokens' inner losses still include: ``{"k": (batch, heads, c - 1, dim_in),
+            "v": (batch, heads, c - 1, dim_out), "weight": (batch, heads, c - 1)}`` (tokens
+            before the sequence start have weight 0); ``None`` otherwise.
 
     A user may replace ``weights`` (``dataclasses.replace``) at a chunk boundary to load or
     edit a memory; mid-chunk, the gradients of the chunk's remaining tokens are still taken at
@@ -41,6 +45,7 @@ class MemoryState:
     chunk_weights: dict[str, Tensor] | None = None
     offset: int = 0
     chunk_size: int | None = None
+    window: dict[str, Tensor] | None = None
 
     def __post_init__(self) -> None:
         for field, value in (("weights", self.weights), ("momentum", self.momentum)):
@@ -61,6 +66,13 @@ class MemoryState:
                     f"MemoryState: offset must lie in [0, chunk_size={self.chunk_size}), "
                     f"got {self.offset}"
                 )
+        if self.window is not None and (
+            not isinstance(self.window, dict) or set(self.window) != {"k", "v", "weight"}
+            or not all(isinstance(t, Tensor) for t in self.window.values())
+        ):
+            raise TypeError(
+                "MemoryState: window must be None or a dict of tensors with keys 'k', 'v', 'weight'"
+            )
         if set(self.weights) != set(self.momentum):
             raise ValueError(
                 "MemoryState: weights and momentum must name the same tensors, got "
@@ -123,13 +135,16 @@ class MemoryState:
             return {k: _flush_subnormal(v) for k, v in d.items()}
 
         cw = None if self.chunk_weights is None else clean(self.chunk_weights)
-        return MemoryState(clean(self.weights), clean(self.momentum), cw, self.offset, self.chunk_size)
+        return MemoryState(
+            clean(self.weights), clean(self.momentum), cw, self.offset, self.chunk_size, self.window
+        )
 
     def detach(self) -> MemoryState:
         """The same state cut from the autograd graph (truncated backpropagation)."""
         cw = None if self.chunk_weights is None else _detach(self.chunk_weights)
+        window = None if self.window is None else _detach(self.window)
         return MemoryState(
-            _detach(self.weights), _detach(self.momentum), cw, self.offset, self.chunk_size
+            _detach(self.weights), _detach(self.momentum), cw, self.offset, self.chunk_size, window
         )
 
 
@@ -137,7 +152,10 @@ def _flush_subnormal(t: Tensor) -> Tensor:
     if not t.is_floating_point() or 0 in t.stride():
         return t  # an expanded constant (the initial momentum's zero) stays as it is
     tiny = torch.finfo(t.dtype).tiny
-    return torch.where(t.abs() < tiny, torch.zeros((), dtype=t.dtype, device=t.device), t)
+    # Exact zeros pass through: replacing them by a constant would cut their gradient (a state
+    # at W_0 = 0, e.g. a LinearMemory's, mid-chunk).
+    small = (t.abs() < tiny) & (t != 0)
+    return torch.where(small, torch.zeros((), dtype=t.dtype, device=t.device), t)
 
 
 def _detach(d: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -177,7 +177,8 @@ def check_memorize_args(
     ``check_gates=False`` the values of gate tensors are not scanned (their shapes, dtypes and
     devices still are; numbers always are).
     """
-    if torch.is_inference_mode_enabled():
+    # (dynamo cannot trace the inference-mode query; under torch.compile the check is skipped)
+    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
         raise RuntimeError(
             f"{fn}: the memory writes by taking gradients, which torch.inference_mode() forbids; "
             "use torch.no_grad() instead (it is as fast here)"

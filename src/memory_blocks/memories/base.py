@@ -8,8 +8,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from memory_blocks.functional.fast_ops import DirectOps
-from memory_blocks.functional.fused import FusedSpec
+from memory_blocks.functional.memorize_op.fast_ops import DirectOps
+from memory_blocks.functional.memorize_op.fused_block import FusedSpec
 from memory_blocks.functional.state import MemoryState
 
 __all__ = ["MemoryModel"]
@@ -42,7 +42,7 @@ class MemoryModel(nn.Module):
         return dict(self.named_parameters())
 
     def forward_ops(self, ops: Any, x: Tensor) -> Tensor:
-        """``f(W; x)`` written against ``ops`` (see :mod:`memory_blocks.functional.fast_ops`)."""
+        """``f(W; x)`` written against ``ops`` (see :mod:`memory_blocks.functional.memorize_op.fast_ops`)."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward_ops")
 
     def curvature(self) -> float:
@@ -56,7 +56,7 @@ class MemoryModel(nn.Module):
         return 2.0
 
     def fused_spec(self) -> FusedSpec | None:
-        """What the hand-written fast path (:mod:`memory_blocks.functional.fused`) needs to
+        """What the hand-written fast path (:mod:`memory_blocks.functional.memorize_op.fused_block`) needs to
         compute this model, or ``None`` when it cannot (the general factored path is used)."""
         return None
 

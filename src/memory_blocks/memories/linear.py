@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from memory_blocks.functional.fused import FusedSpec
+from memory_blocks.functional.memorize_op.fused_block import FusedSpec
 from memory_blocks.memories.base import MemoryModel
 
 __all__ = ["LinearMemory"]

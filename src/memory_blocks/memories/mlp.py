@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from memory_blocks.functional.fused import ACTIVATIONS, FusedSpec
+from memory_blocks.functional.memorize_op.fused_block import ACTIVATIONS, FusedSpec
 from memory_blocks.memories.activations import get_activation
 from memory_blocks.memories.base import MemoryModel
 

@@ -15,10 +15,33 @@ from memory_blocks.persistent import PersistentMemory
 
 from titans.blocks.common import Block, detach_memory
 
-__all__ = ["MAC_WRITES", "MACBlock", "MACState"]
+__all__ = ["MAC_MEMORY_NORMS", "MAC_WRITES", "MACBlock", "MACState", "MemoryTokenGain"]
 
 #: What a MAC memory may write: the attention output ``y`` or the segment's normalised inputs.
 MAC_WRITES = ("attention", "input")
+#: How MAC's memory tokens are scaled before the attention: as retrieved, RMS-normalised with a
+#: learned gain from 1, RMS-normalised with a learned gain from 0 (the tokens open as it grows),
+#: or as retrieved times a learned gain from 1 (no normalisation: their magnitudes stay).
+MAC_MEMORY_NORMS = ("none", "rms", "rms_zero", "gain")
+
+
+class MemoryTokenGain(nn.Module):
+    """A learned per-feature gain on MAC's memory tokens, from ``init`` (no normalisation).
+
+    Args:
+        dim: the model width.
+        init: the gain's initial value.
+    """
+
+    def __init__(self, dim: int, init: float = 1.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: Float[Tensor, "*batch dim"]) -> Float[Tensor, "*batch dim"]:
+        return x * self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}"
 
 
 @dataclass(frozen=True)
@@ -90,6 +113,11 @@ class MACBlock(Block):
         retrieve_projection: a ``dim -> dim`` map applied to ``h`` before the retrieval's query
             projection (eq. 21's ``W_Q`` apart from the write's), or ``None`` to share the
             memory's query projection.
+        memory_norm: a token-wise map applied to the memory tokens before the attention (an
+            RMSNorm, as the segment's tokens are normalised, or a :class:`MemoryTokenGain`), or
+            ``None`` to show the retrievals at the scale the memory returns them (the default;
+            docs/guides/mac_ablation.md, round 2, measures the alternatives). The combine gate's
+            ``M*(w)`` is not touched.
     """
 
     def __init__(
@@ -105,6 +133,7 @@ class MACBlock(Block):
         num_memory_tokens: int,
         write: str = "attention",
         retrieve_projection: nn.Module | None = None,
+        memory_norm: nn.Module | None = None,
     ) -> None:
         super().__init__(feedforward=feedforward, ffn_norm=ffn_norm, persistent=persistent)
         if not 0 <= num_memory_tokens <= attention.segment:
@@ -127,11 +156,14 @@ class MACBlock(Block):
             raise ValueError(f"MACBlock: write must be one of {MAC_WRITES}, got {write!r}")
         if retrieve_projection is not None and not num_memory_tokens:
             raise ValueError("MACBlock: a retrieve_projection needs memory tokens (num_memory_tokens > 0)")
+        if memory_norm is not None and not num_memory_tokens:
+            raise ValueError("MACBlock: a memory_norm needs memory tokens (num_memory_tokens > 0)")
         self.attention, self.memory, self.combine, self.norm = attention, memory, combine, norm
         self.segment = attention.segment
         self.num_memory_tokens = num_memory_tokens
         self.write = write
         self.retrieve_projection = retrieve_projection
+        self.memory_norm = memory_norm
 
     def init_state(self, x: Tensor) -> MACState:
         return MACState(None, None, x.new_zeros(x.shape[0], 0, x.shape[2]))
@@ -190,4 +222,6 @@ class MACBlock(Block):
             if self.retrieve_projection is not None:
                 queries = self.retrieve_projection(queries)
             tokens = self.memory.retrieve(queries, read)
+            if self.memory_norm is not None:
+                tokens = self.memory_norm(tokens)
         return self.attention(segment, memory=tokens, persistent=persistent)

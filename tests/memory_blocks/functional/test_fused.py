@@ -1,4 +1,4 @@
-"""The hand-written block (functional/fused.py) against the general autograd path, float64.
+"""The hand-written block (functional/memorize_op/fused_block.py) against the general autograd path, float64.
 
 The general path is the oracle here (itself tested against the naive loop in test_memorize
 and test_gradients): the same squared error passed as a plain lambda is not recognised as the
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from memory_blocks import GatedMLPMemory, LinearMemory, MLPMemory, SquaredError, memorize, memorize_naive
 from memory_blocks.functional import huber, squared_error
-from memory_blocks.functional.fused import ACTIVATIONS
+from memory_blocks.functional.memorize_op.fused_block import ACTIVATIONS
 from memory_blocks.functional.losses import is_squared_error
 from memory_blocks.objectives import Huber
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memory_blocks import memorize, memorize_naive
-from memory_blocks.functional.weight_tape import WeightTape
-from memory_blocks.functional.weight_update import decayed_update
+from memory_blocks.functional.memorize_op.weight_tape import WeightTape
+from memory_blocks.functional.memorize_op.weight_update import decayed_update
 
 from .cases import make_inputs, make_memory
 

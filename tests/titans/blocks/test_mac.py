@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
 from memory_blocks.attention import SegmentAttention
+from memory_blocks.layers.norm import RMSNorm
 from memory_blocks.neural_memory import NeuralMemory
 from memory_blocks.persistent import PersistentMemory
-from titans import MACBlock, ProductGate
+from titans import MACBlock, ProductGate, TitansConfig
+from titans.blocks.mac import MemoryTokenGain
+from titans.model import TitansLM
 
 DIM, SEGMENT, N_L = 8, 4, 2
 
@@ -201,3 +206,80 @@ def test_rejects_unknown_write_and_projection_without_memory_tokens():
     with pytest.raises(ValueError, match="retrieve_projection needs memory tokens"):
         MACBlock(attention=SegmentAttention(DIM, 2, segment=4), memory=memory, num_memory_tokens=0,
                  retrieve_projection=nn.Identity(), **common)
+
+
+def test_a_memory_norm_scales_the_memory_tokens_the_attention_sees(device):
+    # memory_norm: the retrievals are normalised before the attention.
+    log: list = []
+    block = recording_block(log, device, persistent=False, write="input")
+    block.memory_norm = RMSNorm(DIM).to(device=device, dtype=torch.float64)
+    x = torch.randn(2, 8, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(4)).to(device)
+    out, _ = block(x)
+    retrieves = [e for e in log if e["op"] == "retrieve"]
+    attends = [e for e in log if e["op"] == "attend"]
+    for read, attend in zip(retrieves, attends):
+        torch.testing.assert_close(attend["memory"], block.memory_norm(read["out"]))
+        rms = attend["memory"].pow(2).mean(-1).sqrt()
+        torch.testing.assert_close(rms, torch.ones_like(rms), rtol=1e-4, atol=1e-4)
+        raw = read["out"].pow(2).mean(-1).sqrt()
+        assert not torch.allclose(raw, torch.ones_like(raw), atol=1e-2)  # the norm did change them
+    out.sum().backward()
+    assert block.memory_norm.weight.grad is not None and block.memory_norm.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("norm", ["rms", "rms_zero", "gain"])
+def test_the_memory_norm_option_builds_and_streams_like_one_call(norm):
+    config = TitansConfig(variant="mac", vocab_size=32, dim=16, depth=2, heads=2, ffn_hidden=32, window=4,
+                          segment_len=4, num_persistent=2, chunk_size=2, memory_model="linear",
+                          mac_memory_norm=norm)
+    torch.manual_seed(0)
+    model = TitansLM(config).double()
+    gains = [block.memory_norm.weight for block in model.blocks]
+    expected = 0.0 if norm == "rms_zero" else 1.0
+    assert all(torch.equal(g, torch.full_like(g, expected)) for g in gains)
+    with torch.no_grad():  # open the zero gains, so that the tokens reach the attention
+        for g in gains:
+            g.uniform_(0.5, 1.5)
+    ids = torch.randint(0, 32, (2, 11), generator=torch.Generator().manual_seed(5))
+    whole = model(ids).logits
+    state, pieces = None, []
+    for a, b in ((0, 3), (3, 4), (4, 9), (9, 11)):
+        out = model(ids[:, a:b], state=state)
+        pieces.append(out.logits)
+        state = out.state
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole)
+    # without memory tokens there is nothing to normalise
+    none = TitansLM(dataclasses.replace(config, num_memory_tokens=0))
+    assert all(block.memory_norm is None for block in none.blocks)
+
+
+def test_rejects_an_unknown_memory_norm_and_one_without_memory_tokens():
+    with pytest.raises(ValueError, match="mac_memory_norm"):
+        TitansConfig(variant="mac", mac_memory_norm="layer")
+    log: list = []
+    memory = RecordingMemory(log, DIM, heads=2, chunk_size=3)
+    with pytest.raises(ValueError, match="memory_norm needs memory tokens"):
+        MACBlock(attention=SegmentAttention(DIM, 2, segment=4), memory=memory, num_memory_tokens=0,
+                 persistent=None, norm=nn.Identity(), feedforward=Zero(), ffn_norm=nn.Identity(),
+                 combine=ProductGate(DIM), memory_norm=RMSNorm(DIM))
+
+
+def test_the_gain_scales_the_retrievals_without_normalising_them(device):
+    log: list = []
+    block = recording_block(log, device, persistent=False, write="input")
+    block.memory_norm = MemoryTokenGain(DIM, init=2.0).to(device=device, dtype=torch.float64)
+    x = torch.randn(2, 8, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(6)).to(device)
+    block(x)
+    retrieves = [e for e in log if e["op"] == "retrieve"]
+    attends = [e for e in log if e["op"] == "attend"]
+    assert len(retrieves) == 2
+    for read, attend in zip(retrieves, attends):
+        torch.testing.assert_close(attend["memory"], 2.0 * read["out"])  # magnitudes kept, only scaled
+
+
+def test_old_configuration_documents_load_without_the_memory_norm():
+    import json
+
+    doc = json.loads(TitansConfig(variant="mac", mac_memory_norm="rms").to_json())
+    del doc["config"]["mac_memory_norm"]
+    assert TitansConfig.from_json(json.dumps(doc)).mac_memory_norm == "none"

@@ -1,0 +1,116 @@
+"""Speed of each memory recipe's layer (NeuralMemory forward + backward) against Titans' default.
+
+The shape of ``bench_memory.py``: dim 256, one memory head, a 2-layer MLP memory with expansion
+4, chunk 16, batch 2, float32, 2 threads. Each recipe's layer is the one
+``titans.builders.build_memory`` makes from ``TitansConfig.from_recipe(name)`` at that shape, at
+its defaults (learned gates as initialised). Every row runs in its own process, after one warm-up
+step; the ratio column is the Titans row's tokens/s (same run) over the row's: the issue's target is
+at most 3x. A row whose
+outputs or gradients are not all finite gets no figure (``--`` and ``finite: no``).
+
+    python benchmarks/bench_recipes.py                       # the table of docs/benchmarks.md
+    python benchmarks/bench_recipes.py --lengths 1024 --recipes titans,atlas
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+RECIPE_ORDER = ("titans", "moneta", "yaad", "memora", "atlas")
+
+
+def _layer(args: argparse.Namespace, recipe: str):  # noqa: ANN202
+    from titans.builders import build_memory
+    from titans.config import TitansConfig
+
+    torch.manual_seed(0)
+    config = TitansConfig.from_recipe(
+        recipe, dim=args.dim, heads=1, memory_heads=1, chunk_size=args.chunk, memory_depth=2,
+        memory_expansion=4.0,
+    )
+    return build_memory(config)
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """One row: tokens/s of forward + backward, and whether outputs and gradients are finite."""
+    torch.set_num_threads(args.threads)
+    layer = _layer(args, args.worker_recipe)
+    x = torch.randn(args.batch, args.worker_length, args.dim, generator=torch.Generator().manual_seed(1))
+
+    def step() -> bool:
+        layer.zero_grad(set_to_none=True)
+        y, _ = layer(x)
+        y.square().mean().backward()
+        grads = [p.grad for p in layer.parameters() if p.grad is not None]
+        return bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
+
+    finite = step()  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        finite = step() and finite
+        times.append(time.perf_counter() - start)
+    best = min(times)
+    return {"recipe": args.worker_recipe, "length": args.worker_length, "finite": finite,
+            "tokens_per_s": args.batch * args.worker_length / best if finite else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--chunk", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--lengths", default="1024,4096")
+    parser.add_argument("--recipes", default=",".join(RECIPE_ORDER))
+    parser.add_argument("--row-timeout", type=float, default=600.0,
+                        help="seconds a row may take (warm-up and repeats); a slower row reports '> N s'")
+    parser.add_argument("--worker-recipe", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-length", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker_recipe is not None:
+        print(json.dumps(worker(args)))
+        return
+    recipes = args.recipes.split(",")
+    if recipes[0] != "titans":
+        recipes = ["titans", *[r for r in recipes if r != "titans"]]
+    lengths = [int(n) for n in args.lengths.split(",")]
+    rows = []
+    for length in lengths:
+        for recipe in recipes:
+            cmd = [sys.executable, __file__, "--worker-recipe", recipe, "--worker-length", str(length)]
+            for flag in ("dim", "chunk", "batch", "threads", "repeats"):
+                cmd += [f"--{flag}", str(getattr(args, flag))]
+            try:
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=args.row_timeout).stdout
+            except subprocess.TimeoutExpired:
+                rows.append({"recipe": recipe, "length": length, "finite": None, "tokens_per_s": None})
+                continue
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+    print(f"dim {args.dim}, one head, MLP memory (2 layers, x4), chunk {args.chunk}, batch {args.batch}, "
+          f"{args.threads} threads, forward + backward")
+    print()
+    print("| recipe | tokens | tokens/s | titans / recipe | finite (outputs, grads) |")
+    print("|---|---:|---:|---:|---|")
+    for length in lengths:
+        base = next(r for r in rows if r["recipe"] == "titans" and r["length"] == length)["tokens_per_s"]
+        for r in (r for r in rows if r["length"] == length):
+            tps = r["tokens_per_s"]
+            if r["finite"] is None:  # timed out: an upper bound on the speed, nothing measured
+                bound = (1 + args.repeats) * args.batch * length / args.row_timeout
+                print(f"| {r['recipe']} | {length} | < {bound:,.1f} (timed out) | -- | not measured |")
+                continue
+            speed = "--" if tps is None else f"{tps:,.0f}"
+            ratio = "--" if tps is None or base is None else f"{base / tps:.2f}x slower"
+            print(f"| {r['recipe']} | {length} | {speed} | {ratio} | {'yes' if r['finite'] else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,929 @@
+"""One block of chunks for an MLP-family memory with squared error, written out by hand.
+
+The general fast path (:mod:`memory_blocks.functional.memorize_op.factored_block`) lets autograd take each token's
+inner gradient (``create_graph=True``) and then differentiates that graph again in the backward
+pass: correct for any factored memory and objective, but a graph of about a thousand small
+operations per chunk, most of them saved for the backward pass. For the memories most people
+run (:class:`~memory_blocks.memories.MLPMemory` of any depth, with or without the residual
+LayerNorm, and the bias-free :class:`~memory_blocks.memories.LinearMemory`) with the paper's
+squared error (eq. 12) this module computes the same block with explicit formulas:
+
+- forward: per chunk, the memory's forward at the chunk's gradient point and its backward
+  (the inner gradient, eq. 12) written out, their factors stored in preallocated buffers; the
+  block's retrievals in the dual form; the block-end weights and momentum (eqs. 13-14);
+- backward: the reverse of all of it, chunk by chunk from the last, with the second
+  derivatives of the inner gradient written out (activation, LayerNorm, squared error), every
+  full-size weight gradient formed as one product of stacked row factors.
+
+Nothing of the block is recorded by autograd: it is one node whose backward is this code.
+It keeps the factors and the pre-activations (about 25 KB per token and batch row at dim 256
+with a 4x hidden layer) unless ``keep`` is false, in which case the backward pass runs the
+forward again first. A backward pass that is itself recorded (``create_graph=True``, e.g.
+second derivatives of the outer loss) goes through the general path instead, on the same
+inputs, so that its result stays differentiable.
+
+Notation (per batch row and head, flattened to a leading ``N``): a block of ``M`` tokens in
+chunks, start weights ``W`` and momentum ``S`` per matrix, per-token gradient factors
+``delta_i x_i^T``; the weights after token ``t`` are
+``beta_t W + gamma_t S - sum_{i<=t} A_ti delta_i x_i^T`` (:mod:`memory_blocks.functional.memorize_op.recurrence`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from memory_blocks.functional.memorize_op.recompute import input_gradients
+from memory_blocks.functional.memorize_op.recurrence import ChunkCoefficients
+from memory_blocks.functional.memorize_op.weight_update import dot_last
+
+__all__ = ["FusedSpec", "fused_block"]
+
+_LN_EPS = 1e-5  # F.layer_norm's default, which the memories' forward uses
+
+
+@dataclass(frozen=True)
+class FusedSpec:
+    """What the hand-written block needs to know of a memory model.
+
+    ``f(x) = x + LN(W_L s(... s(W_1 x))) * g`` with ``gain`` naming ``g``, or
+    ``W_L s(... s(W_1 x))`` without it (``gain`` ``None``).
+
+    Attributes:
+        matrices: the fast-weight matrix names, first layer first.
+        activation: ``"gelu"``, ``"silu"``, ``"relu"``, ``"tanh"`` or ``"identity"``.
+        gain: the LayerNorm gain's name in the residual form, else ``None``.
+    """
+
+    matrices: tuple[str, ...]
+    activation: str
+    gain: str | None
+
+
+class _Activation:
+    """An activation with its first derivative applied to a gradient (one fused kernel where
+    torch has one) and its second derivative (``None`` where it is zero)."""
+
+    def __init__(
+        self,
+        forward: Callable[[Tensor], Tensor],
+        backward: Callable[[Tensor, Tensor], Tensor],
+        second: Callable[[Tensor], Tensor] | None,
+    ) -> None:
+        self.forward, self.backward, self.second = forward, backward, second
+
+
+def _gelu_second(x: Tensor) -> Tensor:
+    # gelu(x) = x Phi(x): gelu'' = phi(x) (2 - x^2)
+    xx = x * x
+    return torch.exp(-0.5 * xx).mul_(1 / math.sqrt(2 * math.pi)).mul_(2 - xx)
+
+
+def _silu_second(x: Tensor) -> Tensor:
+    # silu(x) = x s(x): silu'' = s (1 - s) (2 + x (1 - 2 s))
+    sg = torch.sigmoid(x)
+    return sg * (1 - sg) * (2 + x * (1 - 2 * sg))
+
+
+def _tanh_second(x: Tensor) -> Tensor:
+    t = torch.tanh(x)
+    return -2 * t * (1 - t * t)
+
+
+#: name -> the activation and its derivatives.
+ACTIVATIONS: dict[str, _Activation] = {
+    "gelu": _Activation(
+        torch.nn.functional.gelu, lambda g, x: torch.ops.aten.gelu_backward(g, x), _gelu_second
+    ),
+    "silu": _Activation(
+        torch.nn.functional.silu, lambda g, x: torch.ops.aten.silu_backward(g, x), _silu_second
+    ),
+    "relu": _Activation(torch.relu, lambda g, x: torch.where(x > 0, g, torch.zeros_like(g)), None),
+    "tanh": _Activation(torch.tanh, lambda g, x: g * (1 - torch.tanh(x).square()), _tanh_second),
+    "identity": _Activation(lambda x: x, lambda g, x: g, None),
+}
+
+
+def _flat(t: Tensor | None, keep: int) -> Tensor | None:
+    """``(batch, heads, *rest)`` -> ``(batch * heads, *rest)`` (``keep`` = len(rest))."""
+    if t is None:
+        return None
+    return t.reshape(-1, *t.shape[t.ndim - keep :])
+
+
+def _layer_norm(z: Tensor) -> tuple[Tensor, Tensor]:
+    mu = z.mean(-1, keepdim=True)
+    c = z - mu
+    rstd = torch.rsqrt(c.square().mean(-1, keepdim=True) + _LN_EPS)
+    return c * rstd, rstd
+
+
+def _project(u: Tensor, n: Tensor) -> Tensor:
+    """``u - mean(u) - n mean(u n)``: the LayerNorm Jacobian (up to ``rstd``), symmetric."""
+    return u - u.mean(-1, keepdim=True) - n * (u * n).mean(-1, keepdim=True)
+
+
+class _Point:
+    """The weights at one place of the block, in closed form (see the module notes).
+
+    ``b``, ``c``: ``(N, rows, 1)`` or ``None`` (1 and 0); ``a``: ``(N, rows, s)`` mixing the
+    first ``s`` tokens' factors, or ``None`` when ``s == 0``.
+    """
+
+    __slots__ = ("b", "c", "a", "s")
+
+    def __init__(self, b: Tensor | None, c: Tensor | None, a: Tensor | None, s: int) -> None:
+        self.b, self.c, self.a, self.s = b, c, a, s
+
+
+class _Rows:
+    """The gradient of one fast-weight matrix ``W`` (and of its momentum ``S``) in a block.
+
+    Every read ``z = b x W^T + c x S^T`` (or transposed) of the block contributes
+    ``b g^T x`` to ``dW`` and ``c g^T x`` to ``dS``. The rows are written into one buffer as
+    they come (left factors ``[b g | c g]`` side by side, right factors ``x``), and both
+    gradients are then one product ``left^T right`` of shape ``(2 out, in)``, added to the
+    gradients that arrive from after the block (:meth:`set_bases`).
+    """
+
+    def __init__(self, like: Tensor, w: Tensor, rows: int, momentum: bool, base: bool = False) -> None:
+        self.out, self.inn = w.shape[-2], w.shape[-1]
+        self.momentum = momentum
+        # With a base (W_0, shared by every row: forgetting towards W_0), each read also
+        # contributes g^T x, unscaled, to W_0's gradient: a third block of left factors.
+        scaled = self.out * (2 if momentum else 1)
+        self.base_at = scaled if base else None
+        width = scaled + (self.out if base else 0)
+        self.left = like.new_empty(like.shape[0], rows, width)
+        self.right = like.new_empty(like.shape[0], rows, self.inn)
+        self.base: Tensor | None = None
+        self.first = rows  # rows before the first one written take no part (no retrieval gradient)
+
+    def put(self, row0: int, left: Tensor, right: Tensor, b: Tensor | None, c: Tensor | None) -> None:
+        r = slice(row0, row0 + left.shape[1])
+        self.first = min(self.first, row0)
+        o = self.out
+        if b is None:
+            self.left[:, r, :o] = left
+        else:
+            self.left[:, r, :o] = left * b
+        if self.momentum:
+            if c is None:
+                self.left[:, r, o : 2 * o] = 0
+            else:
+                self.left[:, r, o : 2 * o] = left * c
+        if self.base_at is not None:
+            self.left[:, r, self.base_at :] = left
+        self.right[:, r] = right
+
+    def set_bases(
+        self, gw: Tensor | None, b: Tensor | None, c: Tensor | None, gs: Tensor | None, decay: Tensor | None
+    ) -> None:
+        """The gradients arriving from after the block: ``dW = b gW'``, ``dS = c gW' + E gS'``
+        (``gW'``, ``gS'`` the gradients of the block-end weights and momentum)."""
+        if gw is None and gs is None:
+            return
+        o = self.out
+        base = self.left.new_empty(self.left.shape[0], self.base_at or self.left.shape[-1], self.inn)
+        if gw is None:
+            base[:, :o].zero_()
+        elif b is None:
+            base[:, :o] = gw
+        else:
+            base[:, :o] = gw * _bcast(b, gw)
+        if self.momentum:
+            if gw is not None and c is not None:
+                base[:, o:] = gw * _bcast(c, gw)
+            else:
+                base[:, o:].zero_()
+            if gs is not None:
+                base[:, o:].addcmul_(gs, _bcast(decay, gs))
+        self.base = base
+
+    def gradients(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(dW, dS, dW_0)`` (``dS`` ``None`` without momentum, ``dW_0`` without a base)."""
+        left, right = self.left[:, self.first :], self.right[:, self.first :]
+        d_base = None
+        if self.base_at is not None:
+            d_base = left[..., self.base_at :].flatten(0, 1).mT @ right.flatten(0, 1)
+            left = left[..., : self.base_at]
+        if self.base is None:
+            both = left.mT @ right
+        else:
+            both = self.base.baddbmm_(left.mT, right)
+        o = self.out
+        return both[:, :o], (both[:, o:] if self.momentum else None), d_base
+
+
+def _scaled(x: Tensor, s: Tensor | None) -> Tensor:
+    return x if s is None else x * s
+
+
+class _Block:
+    """The hand-written block: forward (:meth:`run`) and backward (:meth:`backward`)."""
+
+    def __init__(
+        self,
+        spec: FusedSpec,
+        lr_keys: dict[str, str],
+        chunk: int,
+        has_momentum: bool,
+    ) -> None:
+        self.spec, self.lr_keys, self.chunk = spec, lr_keys, chunk
+        self.has_momentum = has_momentum
+        self.act = ACTIVATIONS[spec.activation]
+
+    # ----------------------------------------------------------------------------- reads
+    @staticmethod
+    def _read(
+        x: Tensor, w: Tensor, s: Tensor | None, p: _Point, xs: Tensor, ds: Tensor, transposed: bool = False,
+        base: Tensor | None = None,
+    ) -> Tensor:
+        """``x P^T`` for the weights ``P`` at point ``p`` (``xs``, ``ds``: factor rows), or
+        ``x P`` when ``transposed`` (the inner backward through a layer); with ``base`` (``W_0``,
+        the weights are displacements from it) ``x (W_0 + P)^T`` or ``x (W_0 + P)``."""
+        if base is not None:
+            base = base if transposed else base.mT  # W_0 is read the way W is
+        if transposed:
+            w, s, xs, ds = w.mT, None if s is None else s.mT, ds, xs
+        z = _scaled(x, p.b) @ w.mT
+        if s is not None and p.c is not None:
+            z = torch.baddbmm(z, x * p.c, s.mT)
+        if p.a is not None:
+            # z -= ((x inner^T) * a) outer, with (inner, outer) = (xs, ds), or (ds, xs) transposed
+            z = torch.baddbmm(z, (x @ xs[:, : p.s].mT) * p.a, ds[:, : p.s], alpha=-1)
+        return z if base is None else z + x @ base
+
+    def _read_back(
+        self,
+        g: Tensor,
+        x: Tensor,
+        name: str,
+        w: Tensor,
+        s: Tensor | None,
+        p: _Point,
+        xs: Tensor,
+        ds: Tensor,
+        acc: dict[str, Any],
+        transposed: bool,
+        row0: int,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """Backward of ``z = read(x)`` (or of ``z = read_t(x)`` when ``transposed``).
+
+        Writes the weight gradients' row factors into ``acc["left"]``/``acc["right"]`` from row
+        ``row0`` on (see :class:`_Rows`; with a base ``W_0`` the read is
+        ``x (W_0 + P)^T`` and its rows count for ``W_0`` too) and adds the factor-row gradients into
+        ``acc["gx"]``/``acc["gd"]``; returns ``(grad of x, grad of b, grad of c,
+        grad of a)`` (``b``/``c`` gradients summed over features, per row of ``p``)."""
+        # Through W (and S): z = b (x W^T) [non-transposed] or z = b (x W) [transposed].
+        gw = g @ w if not transposed else g @ w.mT
+        gx = _scaled(gw, p.b)
+        gb = (gw * x).sum(-1, keepdim=True) if p.b is not None else None
+        left, right = (g, x) if not transposed else (x, g)
+        acc["rows"][name].put(row0, left, right, p.b, p.c)
+        gc = None
+        if s is not None and p.c is not None:
+            gs = g @ s if not transposed else g @ s.mT
+            gx = torch.addcmul(gx, gs, p.c)
+            gc = (gs * x).sum(-1, keepdim=True)
+        ga = None
+        if p.a is not None:
+            # z -= ((x inner^T) * a) outer, with (inner, outer) = (xs, ds), or (ds, xs) transposed
+            if not transposed:
+                inner, outer, g_inner, g_outer = xs, ds, acc["gx"][name], acc["gd"][name]
+            else:
+                inner, outer, g_inner, g_outer = ds, xs, acc["gd"][name], acc["gx"][name]
+            inner, outer = inner[:, : p.s], outer[:, : p.s]
+            r = x @ inner.mT
+            neg = torch.baddbmm(r, g, outer.mT, beta=0, alpha=-1)  # -(g outer^T); r is ignored
+            ga = neg * r
+            gr = neg * p.a
+            gx = torch.baddbmm(gx, gr, inner)
+            g_inner[:, : p.s].baddbmm_(gr.mT, x)
+            g_outer[:, : p.s].baddbmm_((r * p.a).mT, g, alpha=-1)
+        base = acc["base"].get(name)
+        if base is not None:
+            # z += x W_0^T (or x W_0); W_0's gradient comes from the rows put above (_Rows)
+            gx = gx + (g @ base.mT if transposed else g @ base)
+        return gx, gb, gc, ga
+
+    # --------------------------------------------------------------------------- forward
+    def run(self, parts: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """The block's retrievals and everything the backward pass needs (flat tensors;
+        ``parts`` as :meth:`_Layout.unpack` gives them)."""
+        q, k, v = parts["q"], parts["k"], parts["v"]
+        beta, gamma, mix = parts["beta"], parts["gamma"], parts["mix"]
+        weights, momentum = parts["weights"], parts["momentum"]
+        base = parts["base"]
+        spec = self.spec
+        names, L = spec.matrices, len(spec.matrices)
+        n_rows, m = k.shape[0], k.shape[1]
+        mats = {nm: weights[nm] for nm in names}
+        moms = {nm: momentum[nm] for nm in names} if self.has_momentum else {nm: None for nm in names}
+        # Factor buffers: x rows (layer inputs) and delta rows (output gradients) per matrix.
+        xs = {names[0]: k}
+        for i in range(1, L):
+            xs[names[i]] = k.new_empty(n_rows, m, mats[names[i]].shape[-1])
+        ds = {nm: k.new_empty(n_rows, m, mats[nm].shape[-2]) for nm in names}
+        saved: dict[str, Any] = {"xs": xs, "ds": ds}
+        pre = [k.new_empty(n_rows, m, mats[names[i]].shape[-2]) for i in range(L - 1)]  # key-path z_l
+        da = [k.new_empty(n_rows, m, mats[names[i + 1]].shape[-1]) for i in range(L - 1)]  # read_t results
+        saved["pre"], saved["da"] = pre, da
+        gain = spec.gain
+        if gain is not None:
+            dg = k.new_empty(n_rows, m, k.shape[-1])
+            norm = k.new_empty(n_rows, m, k.shape[-1])
+            rstd = k.new_empty(n_rows, m, 1)
+            saved["dg"], saved["norm"], saved["rstd"] = dg, norm, rstd
+        gains_at: list[Tensor] = []
+        for s0 in range(0, m, self.chunk):
+            e0 = min(s0 + self.chunk, m)
+            p = self._point(beta, gamma, mix, s0)
+            kk, vv = k[:, s0:e0], v[:, s0:e0]
+            h = kk
+            for i, nm in enumerate(names):
+                if i > 0:
+                    xs[nm][:, s0:e0] = h
+                z = self._read(h, mats[nm], moms[nm], p[nm], xs[nm], ds[nm], base=base.get(nm))
+                if i < L - 1:
+                    pre[i][:, s0:e0] = z
+                    h = self.act.forward(z)
+                else:
+                    h = z
+            if gain is not None:
+                nrm, rs = _layer_norm(h)
+                gp = self._gain_at(weights[gain], momentum.get(gain) if self.has_momentum else None,
+                                   p[gain], dg, base.get(gain))
+                gains_at.append(gp)
+                err = 2 * (kk + nrm * gp - vv)
+                dg[:, s0:e0] = err * nrm
+                delta = rs * _project(err * gp, nrm)
+                norm[:, s0:e0], rstd[:, s0:e0] = nrm, rs
+            else:
+                delta = 2 * (h - vv)
+            for i in range(L - 1, -1, -1):
+                nm = names[i]
+                ds[nm][:, s0:e0] = delta
+                if i > 0:
+                    back = self._read(delta, mats[nm], moms[nm], p[nm], xs[nm], ds[nm], transposed=True,
+                                      base=base.get(nm))
+                    da[i - 1][:, s0:e0] = back
+                    delta = self.act.backward(back, pre[i - 1][:, s0:e0])
+        saved["gains_at"] = gains_at
+        # Retrieval of the whole block in the dual form.
+        full = self._full(beta, gamma, mix)
+        h = q
+        ret_pre: list[Tensor] = []
+        for i, nm in enumerate(names):
+            z = self._read(h, mats[nm], moms[nm], full[nm], xs[nm], ds[nm], base=base.get(nm))
+            if i < L - 1:
+                ret_pre.append(z)
+                h = self.act.forward(z)
+            else:
+                h = z
+        saved["ret_pre"] = ret_pre
+        if gain is not None:
+            nrm, rs = _layer_norm(h)
+            g_t = self._gain_at(weights[gain], momentum.get(gain) if self.has_momentum else None,
+                                full[gain], saved["dg"], base.get(gain))
+            saved["ret_norm"], saved["ret_rstd"] = nrm, rs
+            y = q + nrm * g_t
+        else:
+            y = h
+        return y, saved
+
+    def _point(
+        self, beta: Tensor | None, gamma: Tensor | None, mix: dict[str, Tensor], s0: int
+    ) -> dict[str, _Point]:
+        """The gradient point of the chunk starting at token ``s0``: the weights after token
+        ``s0 - 1`` (the block's start weights for the first chunk)."""
+        out = {}
+        for nm in mix:
+            if s0 == 0:
+                out[nm] = _Point(None, None, None, 0)
+                continue
+            b = None if beta is None else beta[:, s0 - 1 : s0, None]
+            c = None if gamma is None else gamma[:, s0 - 1 : s0, None]
+            out[nm] = _Point(b, c, mix[nm][:, s0 - 1 : s0, :s0], s0)
+        return out
+
+    def _full(self, beta: Tensor | None, gamma: Tensor | None, mix: dict[str, Tensor]) -> dict[str, _Point]:
+        """Every token's own weights (after its write): the retrieval's points."""
+        b = None if beta is None else beta[..., None]
+        c = None if gamma is None else gamma[..., None]
+        return {nm: _Point(b, c, a, a.shape[-1]) for nm, a in mix.items()}
+
+    @staticmethod
+    def _gain_at(g: Tensor, sg: Tensor | None, p: _Point, dg: Tensor, base: Tensor | None = None) -> Tensor:
+        """The LayerNorm gain at point ``p``: ``(N, rows, dim)`` (plus ``base``, ``W_0``'s gain,
+        when the weights are displacements from it)."""
+        out = g.unsqueeze(1) if p.b is None else p.b * g.unsqueeze(1)
+        if base is not None:
+            out = out + base
+        if sg is not None and p.c is not None:
+            out = out + p.c * sg.unsqueeze(1)
+        if p.a is not None:
+            out = out - p.a @ dg[:, : p.s]
+        return out
+
+    def ends(self, parts: dict[str, Any], saved: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The weights and momentum after the block's last token (eqs. 13-14 in closed form)."""
+        beta, gamma, mix = parts["beta"], parts["gamma"], parts["mix"]
+        weights, momentum = parts["weights"], parts["momentum"]
+        decay, mmix = parts["decay"], parts["mmix"]
+        xs, ds = saved["xs"], saved["ds"]
+        new_w: dict[str, Tensor] = {}
+        new_m: dict[str, Tensor] = {}
+        for nm in weights:
+            w = weights[nm]
+            s = momentum.get(nm) if self.has_momentum else None
+            out = w * _bcast(beta[:, -1], w) if beta is not None else w.clone(memory_format=torch.contiguous_format)
+            if s is not None:
+                out = torch.addcmul(out, s, _bcast(gamma[:, -1], s))
+            a = mix[nm][:, -1]  # (N, M)
+            if nm == self.spec.gain:
+                new_w[nm] = out - (a.unsqueeze(1) @ saved["dg"]).squeeze(1)
+                if s is not None:
+                    new_m[nm] = s * _bcast(decay, s) - (mmix[nm].unsqueeze(1) @ saved["dg"]).squeeze(1)
+                continue
+            new_w[nm] = out.baddbmm_(ds[nm].mT, a.unsqueeze(-1) * xs[nm], alpha=-1)  # out is a new tensor
+            if s is not None:
+                new_m[nm] = (s * _bcast(decay, s)).baddbmm_(ds[nm].mT, mmix[nm].unsqueeze(-1) * xs[nm], alpha=-1)
+        return new_w, new_m
+
+    # --------------------------------------------------------------------------- backward
+    def backward(
+        self,
+        inputs: dict[str, Any],
+        saved: dict[str, Any],
+        g_y: Tensor | None,
+        g_w: dict[str, Tensor | None],
+        g_s: dict[str, Tensor | None],
+    ) -> dict[str, Any]:
+        """Gradients of every input of the block (flat tensors; ``None`` where there is none)."""
+        spec = self.spec
+        names, L = spec.matrices, len(spec.matrices)
+        gain = spec.gain
+        q, k, v = inputs["q"], inputs["k"], inputs["v"]
+        beta, gamma, mix = inputs["beta"], inputs["gamma"], inputs["mix"]
+        weights, momentum = inputs["weights"], inputs["momentum"]
+        base = inputs["base"]
+        m = k.shape[1]
+        mats = {nm: weights[nm] for nm in names}
+        moms = {nm: momentum[nm] for nm in names} if self.has_momentum else {nm: None for nm in names}
+        xs, ds = saved["xs"], saved["ds"]
+        # Row factors of every read: the retrievals (rows 0..M), the key paths (M..2M) and, for
+        # every matrix after the first, the inner backward's transposed reads (2M..3M).
+        acc: dict[str, Any] = {
+            "rows": {
+                nm: _Rows(k, mats[nm], (3 if i > 0 else 2) * m, self.has_momentum, nm in base)
+                for i, nm in enumerate(names)
+            },
+            "gx": {nm: torch.zeros_like(xs[nm]) for nm in names},
+            "gd": {nm: torch.zeros_like(ds[nm]) for nm in names},
+            "base": {nm: b for nm, b in base.items() if nm in names},
+            "gbase": {nm: torch.zeros_like(b) for nm, b in base.items() if nm not in names},
+        }
+        g_beta = None if beta is None else torch.zeros_like(beta)
+        g_gamma = None if gamma is None else torch.zeros_like(gamma)
+        g_mix = {nm: torch.zeros_like(a) for nm, a in mix.items()}
+        g_vec: dict[str, Tensor] = {}
+        g_vec_mom: dict[str, Tensor] = {}
+        g_dg = torch.zeros_like(saved["dg"]) if gain is not None else None
+        g_q = torch.zeros_like(q) if g_y is not None else None
+        g_k = torch.zeros_like(k)
+        g_v = torch.zeros_like(v)
+
+        # --- block-end weights and momentum: W' = bL W + cL S - sum_i a_i d_i x_i^T, S' = E S - ...
+        gain_base_w = gain_base_s = None  # the gain's gradients arriving from after the block
+        b_last = None if beta is None else beta[:, -1]
+        c_last = None if gamma is None else gamma[:, -1]
+        decay, mmix = inputs["decay"], inputs["mmix"]
+        g_decay = None if decay is None else torch.zeros_like(decay)
+        g_mmix = {nm: torch.zeros_like(c) for nm, c in mmix.items()}
+        every = list(names) + ([gain] if gain is not None else [])
+        for nm in every:
+            gw, gs = g_w.get(nm), g_s.get(nm)
+            w, s = weights[nm], momentum.get(nm) if self.has_momentum else None
+            if nm == gain:
+                if gw is not None:
+                    gain_base_w = gw if b_last is None else gw * _bcast(b_last, gw)
+                if gw is not None and s is not None and c_last is not None:
+                    gain_base_s = gw * _bcast(c_last, gw)
+                if gs is not None and s is not None:
+                    gain_base_s = _plus(gain_base_s, gs * _bcast(decay, gs))
+            else:
+                acc["rows"][nm].set_bases(gw, b_last, c_last if s is not None else None,
+                                          gs if s is not None else None, decay)
+            if gw is not None:
+                if b_last is not None:
+                    g_beta[:, -1] += dot_last(gw, w, gw.ndim - 1)
+                if s is not None and c_last is not None:
+                    g_gamma[:, -1] += dot_last(gw, s, gw.ndim - 1)
+            if gs is not None and s is not None:
+                g_decay += dot_last(gs, s, gs.ndim - 1)
+            a_row = mix[nm][:, -1]  # (N, M)
+            pairs = []
+            if gw is not None:
+                pairs.append((gw, a_row, g_mix[nm][:, -1]))
+            if gs is not None and s is not None:
+                pairs.append((gs, mmix[nm], g_mmix[nm]))
+            for gm, coef, gcoef in pairs:
+                if nm == gain:
+                    # vector: out -= sum_i coef_i dg_i
+                    g_dg -= coef[..., None] * gm[:, None, :]
+                    gcoef -= (saved["dg"] * gm[:, None, :]).sum(-1)
+                else:
+                    px = xs[nm] @ gm.mT  # (N, M, out)
+                    acc["gd"][nm] -= coef[..., None] * px
+                    gcoef -= (px * ds[nm]).sum(-1)
+                    acc["gx"][nm] -= coef[..., None] * (ds[nm] @ gm)
+
+        # --- retrieval
+        full = self._full(beta, gamma, mix)
+        if g_y is not None:
+            g_h = g_y
+            if gain is not None:
+                nrm, rs = saved["ret_norm"], saved["ret_rstd"]
+                g_t = self._gain_at(weights[gain], momentum.get(gain) if self.has_momentum else None,
+                                    full[gain], saved["dg"], base.get(gain))
+                g_q += g_y
+                g_gt = g_y * nrm  # (N, M, D)
+                g_n = g_y * g_t
+                g_h = rs * _project(g_n, nrm)
+                self._gain_back(g_gt, weights[gain], momentum.get(gain) if self.has_momentum else None,
+                                full[gain], saved["dg"], g_dg, g_beta, g_gamma, g_mix[gain], g_vec, g_vec_mom,
+                                gain, per_row=True, g_base=acc["gbase"])
+            ret_in = [q] + [self.act.forward(z) for z in saved["ret_pre"]]
+            for i in range(L - 1, -1, -1):
+                nm = names[i]
+                gx, gb, gc, ga = self._read_back(g_h, ret_in[i], nm, mats[nm], moms[nm], full[nm], xs[nm], ds[nm],
+                                                 acc, transposed=False, row0=0)
+                if gb is not None:
+                    g_beta += gb[..., 0]
+                if gc is not None:
+                    g_gamma += gc[..., 0]
+                if ga is not None:
+                    g_mix[nm] += ga
+                if i > 0:
+                    g_h = self.act.backward(gx, saved["ret_pre"][i - 1])
+                else:
+                    g_q += gx
+
+        # --- key paths, last chunk first
+        starts = list(range(0, m, self.chunk))
+        for j in range(len(starts) - 1, -1, -1):
+            s0 = starts[j]
+            e0 = min(s0 + self.chunk, m)
+            p = self._point(beta, gamma, mix, s0)
+            sl = slice(s0, e0)
+            # gradients arriving at this chunk's factors
+            g_delta = {nm: acc["gd"][nm][:, sl] for nm in names}
+            g_xin = {nm: acc["gx"][nm][:, sl] for nm in names}
+            pres = [saved["pre"][i][:, sl] for i in range(L - 1)]
+            # inner backward: delta_{i-1} = read_t_i(delta_i) * s'(z_{i-1}), i = L-1 .. 1
+            g_z: list[Tensor | None] = [None] * L  # gradients of the key path's pre-activations
+            gd_running = g_delta[names[0]]
+            for i in range(1, L):
+                nm = names[i]
+                # delta_{i-1} (gradient gd_running) = back * s'(z_{i-1})
+                back = saved["da"][i - 1][:, sl]
+                g_back = self.act.backward(gd_running, pres[i - 1])
+                if self.act.second is not None:
+                    g_z[i - 1] = gd_running * back * self.act.second(pres[i - 1])
+                gx, gb, gc, ga = self._read_back(
+                    g_back, ds[nm][:, sl], nm, mats[nm], moms[nm], p[nm], xs[nm], ds[nm], acc, transposed=True,
+                    row0=2 * m + s0,
+                )
+                self._point_grads(p[nm], s0, gb, gc, ga, g_beta, g_gamma, g_mix[nm])
+                gd_running = g_delta[nm] + gx
+            # head: delta_L from the error
+            kk, vv = k[:, sl], v[:, sl]
+            last_nm = names[-1]
+            if gain is not None:
+                nrm = saved["norm"][:, sl]
+                rs = saved["rstd"][:, sl]
+                gp = saved["gains_at"][j]
+                err = 2 * (kk + nrm * gp - vv)
+                dn = err * gp
+                g_dgv = g_dg[:, sl]
+                g_dn = rs * _project(gd_running, nrm)
+                delta = ds[last_nm][:, sl]
+                g_n = -rs * (gd_running * (dn * nrm).mean(-1, keepdim=True)
+                             + dn * (gd_running * nrm).mean(-1, keepdim=True))
+                g_rs = (gd_running * delta).sum(-1, keepdim=True) / rs
+                g_err = g_dn * gp + g_dgv * nrm
+                g_n = g_n + g_dgv * err + 2 * g_err * gp
+                g_gp = (g_dn * err + 2 * g_err * nrm).sum(1, keepdim=True)
+                g_k[:, sl] += 2 * g_err
+                g_v[:, sl] -= 2 * g_err
+                d = nrm.shape[-1]
+                g_zl = rs * _project(g_n, nrm) - g_rs * rs * rs * nrm / d
+                self._gain_back(g_gp, weights[gain], momentum.get(gain) if self.has_momentum else None,
+                                p[gain], saved["dg"], g_dg, g_beta, g_gamma, g_mix[gain], g_vec, g_vec_mom,
+                                gain, per_row=False, s0=s0, g_base=acc["gbase"])
+            else:
+                g_zl = 2 * gd_running
+                g_v[:, sl] -= 2 * gd_running
+            # forward reads, last layer first
+            g_cur = g_zl
+            for i in range(L - 1, -1, -1):
+                nm = names[i]
+                x_in = xs[nm][:, sl]
+                gx, gb, gc, ga = self._read_back(g_cur, x_in, nm, mats[nm], moms[nm], p[nm], xs[nm], ds[nm],
+                                                 acc, transposed=False, row0=m + s0)
+                self._point_grads(p[nm], s0, gb, gc, ga, g_beta, g_gamma, g_mix[nm])
+                gx = gx + g_xin[nm]
+                if i > 0:
+                    g_cur = self.act.backward(gx, pres[i - 1])
+                    if g_z[i - 1] is not None:
+                        g_cur = g_cur + g_z[i - 1]
+                else:
+                    g_k[:, sl] += gx
+
+        # --- full-size weight and momentum gradients, one product each
+        out_w: dict[str, Tensor | None] = {}
+        out_s: dict[str, Tensor | None] = {}
+        for nm in names:
+            out_w[nm], out_s[nm], d_base = acc["rows"][nm].gradients()
+            if d_base is not None:
+                acc["gbase"][nm] = d_base
+        if gain is not None:
+            out_w[gain] = _plus(gain_base_w, g_vec.get(gain))
+            if self.has_momentum:
+                out_s[gain] = _plus(gain_base_s, g_vec_mom.get(gain))
+        return {
+            "q": g_q, "k": g_k, "v": g_v, "beta": g_beta, "gamma": g_gamma, "mix": g_mix,
+            "decay": g_decay, "mmix": g_mmix, "weights": out_w, "momentum": out_s, "base": acc["gbase"],
+        }
+
+    @staticmethod
+    def _point_grads(
+        p: _Point, s0: int, gb: Tensor | None, gc: Tensor | None, ga: Tensor | None,
+        g_beta: Tensor | None, g_gamma: Tensor | None, g_mix: Tensor,
+    ) -> None:
+        """Adds a chunk point's coefficient gradients (summed over its rows) where they belong."""
+        if s0 == 0:
+            return
+        if gb is not None and g_beta is not None:
+            g_beta[:, s0 - 1] += gb.sum((1, 2))
+        if gc is not None and g_gamma is not None:
+            g_gamma[:, s0 - 1] += gc.sum((1, 2))
+        if ga is not None:
+            g_mix[:, s0 - 1, :s0] += ga.sum(1)
+
+    def _gain_back(
+        self, g_out: Tensor, g: Tensor, sg: Tensor | None, p: _Point, dg: Tensor, g_dg: Tensor,
+        g_beta: Tensor | None, g_gamma: Tensor | None, g_mix: Tensor,
+        g_vec: dict[str, Tensor], g_vec_mom: dict[str, Tensor], name: str, *, per_row: bool, s0: int = 0,
+        g_base: dict[str, Tensor],
+    ) -> None:
+        """Backward of ``gain_at`` (``g_out``: ``(N, rows, dim)``)."""
+        if name in g_base:
+            g_base[name] += g_out.sum((0, 1))
+        if p.b is None:
+            gg = g_out.sum(1)
+        else:
+            gg = (g_out * p.b).sum(1)
+            gb = (g_out * g.unsqueeze(1)).sum(-1)  # (N, rows)
+            if per_row:
+                g_beta += gb
+            elif s0 > 0:
+                g_beta[:, s0 - 1] += gb.sum(1)
+        g_vec[name] = _plus(g_vec.get(name), gg)
+        if sg is not None and p.c is not None:
+            gs = (g_out * p.c).sum(1)
+            g_vec_mom[name] = _plus(g_vec_mom.get(name), gs)
+            gc = (g_out * sg.unsqueeze(1)).sum(-1)
+            if per_row:
+                g_gamma += gc
+            elif s0 > 0:
+                g_gamma[:, s0 - 1] += gc.sum(1)
+        if p.a is not None:
+            ga = -(g_out @ dg[:, : p.s].mT)  # (N, rows, s)
+            g_dg[:, : p.s] -= p.a.mT @ g_out
+            if per_row:
+                g_mix += ga
+            else:
+                g_mix[:, s0 - 1, :s0] += ga.sum(1)
+
+
+def _plus(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """``a + b`` where a missing term (``None``) counts as zero."""
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+def _bcast(c: Tensor, like: Tensor) -> Tensor:
+    return c.reshape(c.shape[0], *([1] * (like.ndim - 1)))
+
+
+class _Fused(torch.autograd.Function):
+    """The block as one autograd node (inputs: a flat list of tensors, see :func:`fused_block`)."""
+
+    @staticmethod
+    def forward(ctx: Any, block: _Block, layout: _Layout, keep: bool, reference: Callable[..., tuple[Tensor, ...]],
+                *tensors: Tensor) -> tuple[Tensor, ...]:
+        ctx.block, ctx.layout, ctx.reference = block, layout, reference
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*tensors)
+        parts = layout.unpack(tensors)
+        y, saved = block.run(parts)
+        new_w, new_m = block.ends(parts, saved)
+        ctx.saved = saved if keep else None
+        return layout.pack_outputs(y, new_w, new_m)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        tensors = ctx.saved_tensors
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # (torch.compile does not record a backward pass for a second derivative, and its
+            # tracing of this function must not take the general path below.)
+            # A recorded backward: differentiate the general path on the same inputs, so that
+            # the gradients stay connected to the graph that produced those inputs.
+            # Aliases: a gradient with respect to an input must count only its direct uses here,
+            # not the paths through another input that depends on it (W_0 reaches the block both
+            # as the forgetting's target and through the displaced start weights).
+            inputs = [t.view_as(t) if t.requires_grad else t for t in tensors]
+            with torch.enable_grad():
+                outs = ctx.reference(*inputs)
+            result, _ = input_gradients(outs, grads, inputs, create_graph=True)
+            return (None, None, None, None, *result)
+        block, layout = ctx.block, ctx.layout
+        parts = layout.unpack(tensors)
+        saved = ctx.saved
+        if saved is None:
+            _, saved = block.run(parts)
+        ctx.saved = None
+        g_y, g_w, g_s = layout.unpack_output_grads(grads)
+        got = block.backward(parts, saved, g_y, g_w, g_s)
+        return (None, None, None, None, *layout.pack_input_grads(got, tensors))
+
+
+class _Layout:
+    """Where each input of the block sits in the flat tensor list, and the shapes to restore."""
+
+    def __init__(self, names: list[str], lr_keys: dict[str, str], coef: ChunkCoefficients,
+                 has_momentum: bool, lead: tuple[int, int], has_base: bool) -> None:
+        self.names, self.lr_keys, self.has_momentum, self.lead = names, lr_keys, has_momentum, lead
+        self.has_base = has_base
+        self.has_beta = coef.beta is not None
+        self.keys = list(coef.mix)
+
+    def pack_inputs(self, q: Tensor, k: Tensor, v: Tensor, coef: ChunkCoefficients,
+                    weights: dict[str, Tensor], momentum: dict[str, Tensor],
+                    base: dict[str, Tensor] | None) -> list[Tensor]:
+        out = [q, k, v]
+        if self.has_beta:
+            out.append(coef.beta)
+        if self.has_momentum:
+            out.append(coef.gamma)
+        out += [coef.mix[key] for key in self.keys]
+        if self.has_momentum:
+            out.append(coef.momentum_decay)
+            out += [coef.momentum_mix[key] for key in self.keys]
+        out += [weights[n] for n in self.names]
+        if self.has_momentum:
+            out += [momentum[n] for n in self.names]
+        if base is not None:
+            out += [base[n] for n in self.names]
+        return out
+
+    def structured(self, tensors: tuple[Tensor, ...] | list[Tensor]) -> dict[str, Any]:
+        it = iter(tensors)
+        out: dict[str, Any] = {"q": next(it), "k": next(it), "v": next(it)}
+        out["beta"] = next(it) if self.has_beta else None
+        out["gamma"] = next(it) if self.has_momentum else None
+        out["mix"] = {key: next(it) for key in self.keys}
+        out["decay"] = next(it) if self.has_momentum else None
+        out["mmix"] = {key: next(it) for key in self.keys} if self.has_momentum else {}
+        out["weights"] = {n: next(it) for n in self.names}
+        out["momentum"] = {n: next(it) for n in self.names} if self.has_momentum else {}
+        out["base"] = {n: next(it) for n in self.names} if self.has_base else {}
+        return out
+
+    def unpack(self, tensors: tuple[Tensor, ...]) -> dict[str, Any]:
+        """Flat ``(N, ...)`` views, with the mixing coefficients per fast-weight name."""
+        st = self.structured(tensors)
+        flat: dict[str, Any] = {
+            "q": _flat(st["q"], 2), "k": _flat(st["k"], 2), "v": _flat(st["v"], 2),
+            "beta": _flat(st["beta"], 1), "gamma": _flat(st["gamma"], 1),
+            "mix": {n: _flat(st["mix"][self.lr_keys[n]], 2) for n in self.names},
+            "decay": None if st["decay"] is None else st["decay"].reshape(-1),
+            "mmix": {n: _flat(st["mmix"][self.lr_keys[n]], 1) for n in self.names} if self.has_momentum else {},
+        }
+        flat["weights"] = {n: _flat(w, w.ndim - 2) for n, w in st["weights"].items()}
+        flat["momentum"] = {n: _flat(s, s.ndim - 2) for n, s in st["momentum"].items()}
+        flat["base"] = st["base"]  # W_0: parameter shapes, shared by every row
+        return flat
+
+    def pack_outputs(self, y: Tensor, new_w: dict[str, Tensor], new_m: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        outs = [y.reshape(*self.lead, *y.shape[1:])]
+        outs += [new_w[n].reshape(*self.lead, *new_w[n].shape[1:]) for n in self.names]
+        if self.has_momentum:
+            outs += [new_m[n].reshape(*self.lead, *new_m[n].shape[1:]) for n in self.names]
+        return tuple(outs)
+
+    def unpack_output_grads(self, grads: tuple[Tensor | None, ...]) -> tuple[Tensor | None, dict, dict]:
+        def flat(g: Tensor | None) -> Tensor | None:
+            return None if g is None else g.reshape(-1, *g.shape[2:])
+
+        it = iter(grads)
+        g_y = flat(next(it))
+        g_w = {n: flat(next(it)) for n in self.names}
+        g_s = {n: flat(next(it)) for n in self.names} if self.has_momentum else {}
+        return g_y, g_w, g_s
+
+    def pack_input_grads(self, got: dict[str, Any], tensors: tuple[Tensor, ...]) -> list[Tensor | None]:
+        st = self.structured(tensors)
+
+        def back(g: Tensor | None, like: Tensor | None) -> Tensor | None:
+            if g is None or like is None or not like.requires_grad:
+                return None
+            return g.reshape(like.shape)  # (N, ...) -> (batch, heads, ...); an expanded input sums it
+
+        mix_by_key: dict[str, Tensor] = {}
+        mmix_by_key: dict[str, Tensor] = {}
+        for n in self.names:
+            key = self.lr_keys[n]
+            g = got["mix"][n]
+            mix_by_key[key] = g if key not in mix_by_key else mix_by_key[key] + g
+            if self.has_momentum:
+                g = got["mmix"][n]
+                mmix_by_key[key] = g if key not in mmix_by_key else mmix_by_key[key] + g
+        out = [back(got["q"], st["q"]), back(got["k"], st["k"]), back(got["v"], st["v"])]
+        if self.has_beta:
+            out.append(back(got["beta"], st["beta"]))
+        if self.has_momentum:
+            out.append(back(got["gamma"], st["gamma"]))
+        out += [back(mix_by_key.get(key), st["mix"][key]) for key in self.keys]
+        if self.has_momentum:
+            out.append(back(got["decay"], st["decay"]))
+            out += [back(mmix_by_key.get(key), st["mmix"][key]) for key in self.keys]
+        out += [back(got["weights"][n], st["weights"][n]) for n in self.names]
+        if self.has_momentum:
+            out += [back(got["momentum"][n], st["momentum"][n]) for n in self.names]
+        if self.has_base:
+            out += [back(got["base"][n], st["base"][n]) for n in self.names]
+        return out
+
+
+def fused_block(
+    spec: FusedSpec,
+    lr_keys: dict[str, str],
+    chunk: int,
+    weights: dict[str, Tensor],
+    momentum: dict[str, Tensor],
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    coef: ChunkCoefficients,
+    *,
+    keep: bool,
+    reference: Callable[..., tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]],
+    base: dict[str, Tensor] | None = None,
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """One block that starts and ends at chunk boundaries, computed by hand (see the module notes).
+
+    Args:
+        spec: the memory's :class:`FusedSpec`.
+        lr_keys: fast-weight name -> key of its learning rate in ``coef.mix``.
+        chunk: tokens per chunk.
+        weights, momentum: at the block's start (leading ``(batch, heads)``).
+        q, k, v: ``(batch, heads, M, dim)``.
+        coef: the block's :class:`ChunkCoefficients` over its ``M`` tokens.
+        keep: keep the forward's intermediates for the backward pass (else it runs the forward
+            again first).
+        reference: ``(q, k, v, coef, weights, momentum, base) -> (y, weights, momentum)`` by the
+            general path: differentiated instead when the backward pass is recorded.
+        base: ``W_0`` (parameter shapes) when ``weights`` and the results are displacements
+            from it (forgetting towards ``W_0``, :mod:`memory_blocks.functional.memorize_op.anchored`).
+
+    Returns:
+        The retrievals ``(batch, heads, M, dim)`` and the weights and momentum after the block.
+    """
+    names = list(weights)
+    has_momentum = coef.gamma is not None
+    layout = _Layout(names, lr_keys, coef, has_momentum, (k.shape[0], k.shape[1]), base is not None)
+    block = _Block(spec, lr_keys, chunk, has_momentum)
+    tensors = layout.pack_inputs(q, k, v, coef, weights, momentum, base)
+
+    def ref(*ts: Tensor) -> tuple[Tensor, ...]:
+        st = layout.structured(ts)
+        c = ChunkCoefficients(st["beta"], st["gamma"], st["mix"], st["decay"], st["mmix"])
+        y, w, mo = reference(st["q"], st["k"], st["v"], c, st["weights"],
+                             st["momentum"] if has_momentum else momentum, st["base"] or None)
+        return layout.pack_outputs(y.flatten(0, 1), {n: t.flatten(0, 1) for n, t in w.items()},
+                                   {n: t.flatten(0, 1) for n, t in mo.items()})
+
+    outs = _Fused.apply(block, layout, keep, ref, *tensors)
+    y = outs[0]
+    new_w = dict(zip(names, outs[1 : 1 + len(names)]))
+    new_m = dict(zip(names, outs[1 + len(names) :])) if has_momentum else dict(momentum)
+    return y, new_w, new_m

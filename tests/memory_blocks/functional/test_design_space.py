@@ -1,0 +1,250 @@
+"""The design-space rules (MIRAS retention, ATLAS' Omega rule and Muon): the parallel form
+equals the token loop ``memorize_naive``, in one call and in streamed pieces, gradients included;
+each rule's limits reduce to the rule it extends; the pieces against independent formulas."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memory_blocks import (
+    ElasticNet,
+    KLRetention,
+    L2Decay,
+    LqNormalization,
+    memorize,
+    memorize_naive,
+)
+from memory_blocks.functional.memorize_op.extended_chunk import window_matrix
+from memory_blocks.functional.memorize_op.newton_schulz import newton_schulz, orthogonal_step
+
+from .cases import assert_close, assert_states_close, make_inputs, make_memory
+
+RETENTIONS = {
+    "none": None,
+    "lq": LqNormalization(q=4.0),
+    "kl": KLRetention(),
+    "elastic": ElasticNet(threshold=0.05),
+}
+# (omega_window, weighted, newton_schulz_steps)
+RULES = {
+    "plain": (1, False, 0),
+    "omega3": (3, True, 0),
+    "weights1": (1, True, 0),
+    "muon": (1, False, 5),
+    "omega2_muon": (2, False, 3),
+}
+
+
+def _kwargs(rule: str, retention: str, omega: torch.Tensor | None, forget: str, chunk: int) -> dict:
+    window, weighted, steps = RULES[rule]
+    return dict(
+        chunk_size=chunk, forget_target=forget, retention=RETENTIONS[retention], omega_window=window,
+        omega_weights=omega if weighted else None, newton_schulz_steps=steps,
+    )
+
+
+def _omega(seed: int, x) -> torch.Tensor:  # noqa: ANN001
+    g = torch.Generator().manual_seed(seed + 7)
+    return torch.rand(x.lr.shape, generator=g, dtype=torch.float64)
+
+
+def _grads(y: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    weight = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+    return list(torch.autograd.grad((y * weight).sum(), params))
+
+
+@pytest.mark.parametrize("kind", ["linear_bias", "mlp2", "module"])
+@settings(max_examples=6, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    seq=st.integers(1, 13),
+    chunk=st.integers(1, 5),
+    # every pair but (none, plain), the paper's rule (tests/memory_blocks/functional/test_memorize.py)
+    combo=st.sampled_from([(r, u) for r in sorted(RETENTIONS) for u in sorted(RULES) if (r, u) != ("none", "plain")]),
+    forget=st.sampled_from(["zero", "init"]),
+    cut=st.integers(1, 12),
+)
+def test_parallel_equals_naive_in_pieces_with_gradients(
+    kind: str, seed: int, seq: int, chunk: int, combo: tuple[str, str], forget: str, cut: int
+) -> None:
+    retention, rule = combo
+    mem = make_memory(kind, 4, seed)
+    params = list(mem.parameters())
+    x = make_inputs(seed, 2, 2, seq, 4, lr_scale=0.3)
+    omega = _omega(seed, x)
+    y_n, s_n = memorize_naive(mem, *x.args(), **_kwargs(rule, retention, omega, forget, chunk))
+    g_n = _grads(y_n, params)
+    y_p, s_p = memorize(mem, *x.args(), **_kwargs(rule, retention, omega, forget, chunk))
+    assert_close(y_p, y_n)
+    assert_states_close(s_p, s_n)
+    for a, b in zip(_grads(y_p, params), g_n):
+        assert_close(a, b)
+    # Streaming: two pieces, carrying the state (and its Omega window), equal one call.
+    cut = min(cut, seq)
+    ys, state = [], None
+    for s, e in ((0, cut), (cut, seq)):
+        if s == e:
+            continue
+        kw = _kwargs(rule, retention, omega[:, :, s:e], forget, chunk)
+        y, state = memorize(mem, *x.cut(s, e).args(), state=state, **kw)
+        ys.append(y)
+    y_s = torch.cat(ys, dim=2)
+    assert_close(y_s, y_n)
+    assert_states_close(state, s_n)
+    if RULES[rule][0] > 1:
+        for key in ("k", "v", "weight"):
+            assert_close(state.window[key], s_n.window[key])
+    for a, b in zip(_grads(y_s, params), g_n):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("fn", [memorize, memorize_naive])
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 10_000), seq=st.integers(1, 12), chunk=st.integers(1, 4))
+def test_window_one_and_l2_retention_are_the_paper_rule_exactly(fn, seed: int, seq: int, chunk: int) -> None:  # noqa: ANN001
+    """``omega_window=1`` without weights, weights all 1, and :class:`L2Decay` change nothing."""
+    mem = make_memory("mlp2", 4, seed)
+    x = make_inputs(seed, 1, 2, seq, 4, lr_scale=0.3)
+    y0, s0 = fn(mem, *x.args(), chunk_size=chunk, forget_target="init")
+    y1, s1 = fn(mem, *x.args(), chunk_size=chunk, forget_target="init", omega_window=1, retention=L2Decay())
+    assert torch.equal(y0, y1)
+    y2, s2 = fn(mem, *x.args(), chunk_size=chunk, forget_target="init", omega_weights=1.0)
+    assert_close(y2, y0, 1e-12)
+    assert_states_close(s2, s0, 1e-12)
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 10_000), seq=st.integers(1, 10))
+def test_muon_at_chunk_size_one_is_the_per_token_rule(seed: int, seq: int) -> None:
+    """Chunk size 1: ``S_t = eta S_{t-1} - theta g_t(W_{t-1})``, ``W_t = (1 - alpha) W_{t-1} + orth(S_t)``,
+    written here with autograd on a linear memory (an independent loop)."""
+    mem = make_memory("linear", 4, seed)
+    x = make_inputs(seed, 1, 1, seq, 4, lr_scale=0.3)
+    y, state = memorize(mem, *x.args(), chunk_size=1, newton_schulz_steps=5)
+    w = mem.weight.detach()[None, None].clone()
+    s = torch.zeros_like(w)
+    for t in range(seq):
+        k, v = x.k[0, 0, t], x.v[0, 0, t]
+        g = 2 * torch.outer(w[0, 0] @ k - v, k)
+        s = x.momentum[0, 0, t] * s - x.lr[0, 0, t] * g
+        w = (1 - x.decay[0, 0, t]) * w + orthogonal_step(s, 2, 5)
+        assert_close(y[0, 0, t], w[0, 0] @ x.q[0, 0, t])
+    assert_close(state.weights["weight"], w)
+
+
+def test_muon_writes_only_at_chunk_ends() -> None:
+    """Inside a chunk a token reads the chunk-start weights (forgotten), the last one the write."""
+    mem = make_memory("linear", 4, 3)
+    x = make_inputs(3, 1, 1, 8, 4, decay=False, edges=False, lr_scale=0.3)
+    y, _ = memorize(mem, *x.args(), chunk_size=4, newton_schulz_steps=5)
+    w0 = mem.weight.detach()
+    for t in range(3):
+        assert_close(y[0, 0, t], w0 @ x.q[0, 0, t], 1e-12)
+    assert not torch.allclose(y[0, 0, 3], w0 @ x.q[0, 0, 3])
+
+
+def test_omega_window_is_the_weighted_sum_of_gradients() -> None:
+    """One chunk of a linear memory with gradient descent: ``W = W_0 - theta sum_t G_t``, with
+    ``G_t = sum_{window} gamma_i g_i`` written out by hand."""
+    mem = make_memory("linear", 3, 1)
+    x = make_inputs(1, 1, 1, 5, 3, momentum=False, decay=False, edges=False, lr_scale=0.3)
+    gamma = torch.rand(1, 1, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    _, state = memorize(mem, *x.args(), chunk_size=5, omega_window=3, omega_weights=gamma)
+    w0 = mem.weight.detach()
+    g = [2 * torch.outer(w0 @ x.k[0, 0, i] - x.v[0, 0, i], x.k[0, 0, i]) for i in range(5)]
+    w = w0.clone()
+    for t in range(5):
+        window = sum(gamma[0, 0, i] * g[i] for i in range(max(0, t - 2), t + 1))
+        w = w - x.lr[0, 0, t] * window
+    assert_close(state.weights["weight"][0, 0], w)
+
+
+def test_window_matrix_is_a_band_of_weights() -> None:
+    weight = torch.arange(1.0, 7.0).reshape(1, 1, 6)  # 2 earlier tokens + 4
+    omega = window_matrix(weight, 4, 3)[0, 0]
+    for t in range(4):
+        for j in range(6):
+            expected = weight[0, 0, j] if t <= j <= t + 2 else 0.0
+            assert omega[t, j] == expected
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 10_000), rows=st.integers(1, 6), cols=st.integers(1, 6))
+def test_newton_schulz_keeps_singular_vectors_and_flattens_the_spectrum(seed: int, rows: int, cols: int) -> None:
+    """Against the SVD: ``U^T NS(X) V`` is diagonal with entries near 1 (the quintic iteration
+    stops in about [0.7, 1.2]), for full-rank random matrices."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=g, dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(x, full_matrices=False)
+    o = newton_schulz(x, 5)
+    inner = u.mT @ o @ vh.mT
+    diag = torch.diagonal(inner)
+    assert_close(inner - torch.diag(diag), torch.zeros_like(inner), 1e-10)
+    # Well-conditioned directions (singular values not tiny) reach the band.
+    good = s > 1e-3 * s.max()
+    assert ((diag[good] > 0.5) & (diag[good] < 1.3)).all(), diag
+
+
+def test_orthogonal_step_keeps_the_momentum_size_and_passes_vectors() -> None:
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(2, 3, 4, 6, generator=g, dtype=torch.float64)
+    o = orthogonal_step(s, 2, 5)
+    assert_close(o.square().sum((-2, -1)).sqrt(), s.square().sum((-2, -1)).sqrt(), 1e-10)
+    vec = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    assert torch.equal(orthogonal_step(vec, 1, 5), vec)
+    zero = torch.zeros(1, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    out = orthogonal_step(zero, 2, 5)
+    (grad,) = torch.autograd.grad(out.sum(), zero)
+    assert torch.equal(out, torch.zeros_like(out)) and torch.isfinite(grad).all()
+
+
+def test_retention_readouts_match_their_formulas() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    lq = LqNormalization(q=3.0, eps=1e-6).readout(a, 2)
+    norm = (a.abs() ** 3).sum((-2, -1), keepdim=True) + 1e-6
+    assert_close(lq, a / norm ** (1 / 3))
+    assert torch.equal(LqNormalization(q=2.0).readout(a, 2), a / 1.0)
+    kl = KLRetention(scale=2.0).readout(a, 2)
+    assert_close(kl, 2.0 * a.exp() / a.exp().sum(-1, keepdim=True))
+    assert_close(KLRetention().readout(a, 2).sum(-1), torch.full((2, 3, 4), 5**0.5, dtype=torch.float64))
+    en = ElasticNet(threshold=0.3).readout(a, 2)
+    expected = torch.where(a > 0.3, a - 0.3, torch.where(a < -0.3, a + 0.3, torch.zeros_like(a)))
+    assert_close(en, expected)
+    vec = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    for r in (LqNormalization(), KLRetention(), ElasticNet(), L2Decay()):
+        assert torch.equal(r.readout(vec, 1), vec)  # vectors keep the identity
+
+
+def test_design_arguments_are_checked() -> None:
+    mem = make_memory("linear", 4, 0)
+    x = make_inputs(0, 1, 2, 6, 4)
+    # The functions' own checks, without the runtime shape checker's wrapper (which would answer
+    # a wrong shape first, with a TypeError).
+    for fn in (inspect.unwrap(memorize), inspect.unwrap(memorize_naive)):
+        with pytest.raises(ValueError, match="omega_window"):
+            fn(mem, *x.args(), chunk_size=2, omega_window=0)
+        with pytest.raises(ValueError, match="newton_schulz_steps"):
+            fn(mem, *x.args(), chunk_size=2, newton_schulz_steps=-1)
+        with pytest.raises(ValueError, match="Muon"):
+            fn(mem, x.q, x.k, x.v, x.lr, None, x.decay, chunk_size=2, newton_schulz_steps=5)
+        with pytest.raises(ValueError, match="omega_weights"):
+            fn(mem, *x.args(), chunk_size=2, omega_weights=-1.0)
+        with pytest.raises(ValueError, match="omega_weights"):
+            fn(mem, *x.args(), chunk_size=2, omega_weights=torch.ones(1, 2, 5, dtype=torch.float64))
+        with pytest.raises(ValueError, match="omega_weights"):
+            fn(mem, *x.args(), chunk_size=2, omega_weights=torch.full((1, 2, 6), float("nan"), dtype=torch.float64))
+        with pytest.raises(TypeError, match="omega_weights"):
+            fn(mem, *x.args(), chunk_size=2, omega_weights="ones")
+        with pytest.raises(TypeError, match="retention"):
+            fn(mem, *x.args(), chunk_size=2, retention="kl")
+        _, state = fn(mem, *x.args(), chunk_size=2, omega_window=3)
+        with pytest.raises(ValueError, match="Omega window"):
+            fn(mem, *x.args(), chunk_size=2, omega_window=2, state=state)
+        with pytest.raises(ValueError, match="Omega window"):
+            fn(mem, *x.args(), chunk_size=2, state=state)
