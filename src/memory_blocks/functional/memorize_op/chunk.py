@@ -4,7 +4,8 @@ Across chunks the loop is sequential: a chunk's gradients are taken at the weigh
 predecessor left. Inside a chunk everything is batched over tokens, batch and heads.
 
 - ``MLPMemory`` and the bias-free ``LinearMemory`` with the squared error run each block that
-  starts and ends at a chunk boundary through :mod:`memory_blocks.functional.memorize_op.fused_block`: the
+  starts at a chunk boundary (a last one that ends inside a chunk too, as one short chunk)
+  through :mod:`memory_blocks.functional.memorize_op.fused_block`: the
   block's forward and backward written out by hand, one autograd node (``checkpoint=True``:
   its forward runs again in the backward pass instead of keeping its intermediates, except one
   block in ``keep_every``).
@@ -15,7 +16,8 @@ predecessor left. Inside a chunk everything is batched over tokens, batch and he
   written only once per block. Each block's graph is recorded and kept for the backward pass,
   or with ``checkpoint=True`` only its inputs are stored and it is recomputed (all but one
   block in ``keep_every``; :mod:`memory_blocks.functional.memorize_op.recompute`, also for the generic
-  path below). The partial chunks at the ends of a streamed piece take this path too.
+  path below). For MLP-family memories, a streamed piece that starts inside a chunk takes
+  this path for the rest of that chunk.
 - Any other memory (``ModuleMemory``) runs chunk by chunk (:mod:`memory_blocks.functional.memorize_op.generic_chunk`)
   with ``torch.func`` per-token gradients and materialised per-token weights: exact, general,
   slower.
