@@ -205,6 +205,19 @@ class _Rows:
                 base[:, o:].addcmul_(gs, _bcast(decay, gs))
         self.base = base
 
+    def through(self, rows: slice, w: Tensor, s: Tensor | None, base: Tensor | None) -> Tensor:
+        """The gradient of the inputs ``x`` of the non-transposed reads written at ``rows``,
+        through the start weights only: ``(b g) W + (c g) S + g W_0`` (the left factors hold
+        ``b g``, ``c g`` and ``g``)."""
+        left = self.left[:, rows]
+        o = self.out
+        gx = left[..., :o] @ w
+        if self.momentum and s is not None:
+            gx = gx.baddbmm_(left[..., o : 2 * o], s)
+        if self.base_at is not None and base is not None:
+            gx += (left[..., self.base_at :].flatten(0, 1) @ base).view_as(gx)
+        return gx
+
     def gradients(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``(dW, dS, dW_0)`` (``dS`` ``None`` without momentum, ``dW_0`` without a base)."""
         left, right = self.left[:, self.first :], self.right[:, self.first :]
@@ -222,6 +235,33 @@ class _Rows:
 
 def _scaled(x: Tensor, s: Tensor | None) -> Tensor:
     return x if s is None else x * s
+
+
+class _StartReads:
+    """Rows ``x`` read through the block's start weights, unscaled: ``x W^T``, ``x S^T`` (or
+    ``None`` without momentum) and ``x W_0^T`` (or ``None`` without a base).
+
+    The first layer's key-path input is the keys, known for the whole block before its first
+    chunk, so its reads of the start weights are one product per matrix for the block instead
+    of one per chunk; each chunk then only scales them by its point's coefficients.
+    """
+
+    __slots__ = ("w", "s", "base")
+
+    def __init__(self, w: Tensor | None, s: Tensor | None, base: Tensor | None) -> None:
+        self.w, self.s, self.base = w, s, base
+
+    @classmethod
+    def of(cls, x: Tensor, w: Tensor | None, s: Tensor | None, base: Tensor | None) -> _StartReads:
+        """The reads of ``x`` through each matrix given (``None``: not read)."""
+        return cls(
+            None if w is None else x @ w.mT,
+            None if s is None else x @ s.mT,
+            None if base is None else (x.flatten(0, 1) @ base.mT).view(*x.shape[:2], -1),
+        )
+
+    def rows(self, sl: slice) -> _StartReads:
+        return _StartReads(*(None if t is None else t[:, sl] for t in (self.w, self.s, self.base)))
 
 
 class _Block:
@@ -242,11 +282,22 @@ class _Block:
     @staticmethod
     def _read(
         x: Tensor, w: Tensor, s: Tensor | None, p: _Point, xs: Tensor, ds: Tensor, transposed: bool = False,
-        base: Tensor | None = None,
+        base: Tensor | None = None, pre: _StartReads | None = None,
     ) -> Tensor:
         """``x P^T`` for the weights ``P`` at point ``p`` (``xs``, ``ds``: factor rows), or
         ``x P`` when ``transposed`` (the inner backward through a layer); with ``base`` (``W_0``,
-        the weights are displacements from it) ``x (W_0 + P)^T`` or ``x (W_0 + P)``."""
+        the weights are displacements from it) ``x (W_0 + P)^T`` or ``x (W_0 + P)``.
+
+        ``pre``: ``x``'s reads of the block's start weights, already taken (``x W^T``, ``x S^T``,
+        ``x W_0^T`` for these rows): only the point's scaling and its factor rows are left."""
+        if pre is not None:
+            assert pre.w is not None
+            z = _scaled(pre.w, p.b)
+            if pre.s is not None and p.c is not None:
+                z = torch.addcmul(z, pre.s, p.c)
+            if p.a is not None:
+                z = torch.baddbmm(z, (x @ xs[:, : p.s].mT) * p.a, ds[:, : p.s], alpha=-1)
+            return z if pre.base is None else z + pre.base
         if base is not None:
             base = base if transposed else base.mT  # W_0 is read the way W is
         if transposed:
@@ -272,25 +323,38 @@ class _Block:
         acc: dict[str, Any],
         transposed: bool,
         row0: int,
-    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        pre: _StartReads | None = None,
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
         """Backward of ``z = read(x)`` (or of ``z = read_t(x)`` when ``transposed``).
 
         Writes the weight gradients' row factors into ``acc["left"]``/``acc["right"]`` from row
         ``row0`` on (see :class:`_Rows`; with a base ``W_0`` the read is
         ``x (W_0 + P)^T`` and its rows count for ``W_0`` too) and adds the factor-row gradients into
         ``acc["gx"]``/``acc["gd"]``; returns ``(grad of x, grad of b, grad of c,
-        grad of a)`` (``b``/``c`` gradients summed over features, per row of ``p``)."""
-        # Through W (and S): z = b (x W^T) [non-transposed] or z = b (x W) [transposed].
-        gw = g @ w if not transposed else g @ w.mT
-        gx = _scaled(gw, p.b)
-        gb = (gw * x).sum(-1, keepdim=True) if p.b is not None else None
+        grad of a)`` (``b``/``c`` gradients summed over features, per row of ``p``).
+
+        With ``pre`` (the forward's reads of the start weights, see :meth:`_read`) the gradient of
+        ``x`` leaves out the paths through ``W``, ``S`` and ``W_0``: the caller takes them for the
+        whole block at once from the rows written here (:meth:`_Rows.through`); it is ``None``
+        when nothing else is left."""
         left, right = (g, x) if not transposed else (x, g)
         acc["rows"][name].put(row0, left, right, p.b, p.c)
+        gx: Tensor | None
         gc = None
-        if s is not None and p.c is not None:
-            gs = g @ s if not transposed else g @ s.mT
-            gx = torch.addcmul(gx, gs, p.c)
-            gc = (gs * x).sum(-1, keepdim=True)
+        if pre is not None:
+            gx = None
+            gb = (g * pre.w).sum(-1, keepdim=True) if p.b is not None and pre.w is not None else None
+            if pre.s is not None and p.c is not None:
+                gc = (g * pre.s).sum(-1, keepdim=True)
+        else:
+            # Through W (and S): z = b (x W^T) [non-transposed] or z = b (x W) [transposed].
+            gw = g @ w if not transposed else g @ w.mT
+            gx = _scaled(gw, p.b)
+            gb = (gw * x).sum(-1, keepdim=True) if p.b is not None else None
+            if s is not None and p.c is not None:
+                gs = g @ s if not transposed else g @ s.mT
+                gx = torch.addcmul(gx, gs, p.c)
+                gc = (gs * x).sum(-1, keepdim=True)
         ga = None
         if p.a is not None:
             # z -= ((x inner^T) * a) outer, with (inner, outer) = (xs, ds), or (ds, xs) transposed
@@ -303,11 +367,11 @@ class _Block:
             neg = torch.baddbmm(r, g, outer.mT, beta=0, alpha=-1)  # -(g outer^T); r is ignored
             ga = neg * r
             gr = neg * p.a
-            gx = torch.baddbmm(gx, gr, inner)
+            gx = gr @ inner if gx is None else torch.baddbmm(gx, gr, inner)
             g_inner[:, : p.s].baddbmm_(gr.mT, x)
             g_outer[:, : p.s].baddbmm_((r * p.a).mT, g, alpha=-1)
         base = acc["base"].get(name)
-        if base is not None:
+        if base is not None and pre is None:
             # z += x W_0^T (or x W_0); W_0's gradient comes from the rows put above (_Rows)
             gx = gx + (g @ base.mT if transposed else g @ base)
         return gx, gb, gc, ga
@@ -341,6 +405,8 @@ class _Block:
             rstd = k.new_empty(n_rows, m, 1)
             saved["dg"], saved["norm"], saved["rstd"] = dg, norm, rstd
         gains_at: list[Tensor] = []
+        first = names[0]
+        k_reads = _StartReads.of(k, mats[first], moms[first], base.get(first))
         for s0 in range(0, m, self.chunk):
             e0 = min(s0 + self.chunk, m)
             p = self._point(beta, gamma, mix, s0)
@@ -349,7 +415,8 @@ class _Block:
             for i, nm in enumerate(names):
                 if i > 0:
                     xs[nm][:, s0:e0] = h
-                z = self._read(h, mats[nm], moms[nm], p[nm], xs[nm], ds[nm], base=base.get(nm))
+                z = self._read(h, mats[nm], moms[nm], p[nm], xs[nm], ds[nm], base=base.get(nm),
+                               pre=k_reads.rows(slice(s0, e0)) if i == 0 else None)
                 if i < L - 1:
                     pre[i][:, s0:e0] = z
                     h = self.act.forward(z)
@@ -375,6 +442,8 @@ class _Block:
                     da[i - 1][:, s0:e0] = back
                     delta = self.act.backward(back, pre[i - 1][:, s0:e0])
         saved["gains_at"] = gains_at
+        saved["k_reads"] = _StartReads(k_reads.w if beta is not None else None,
+                                       k_reads.s if gamma is not None else None, None)
         # Retrieval of the whole block in the dual form.
         full = self._full(beta, gamma, mix)
         h = q
@@ -576,6 +645,11 @@ class _Block:
                     g_q += gx
 
         # --- key paths, last chunk first
+        # (the first layer's reads of the start weights, kept by the forward pass: their b/c
+        # gradients need x W^T and x S^T; the keys' gradient through them is taken for the
+        # whole block after the loop)
+        first = names[0]
+        k_reads = saved["k_reads"]
         starts = list(range(0, m, self.chunk))
         for j in range(len(starts) - 1, -1, -1):
             s0 = starts[j]
@@ -636,15 +710,19 @@ class _Block:
                 nm = names[i]
                 x_in = xs[nm][:, sl]
                 gx, gb, gc, ga = self._read_back(g_cur, x_in, nm, mats[nm], moms[nm], p[nm], xs[nm], ds[nm],
-                                                 acc, transposed=False, row0=m + s0)
+                                                 acc, transposed=False, row0=m + s0,
+                                                 pre=k_reads.rows(sl) if i == 0 else None)
                 self._point_grads(p[nm], s0, gb, gc, ga, g_beta, g_gamma, g_mix[nm])
-                gx = gx + g_xin[nm]
+                gx = g_xin[nm] if gx is None else gx + g_xin[nm]
                 if i > 0:
                     g_cur = self.act.backward(gx, pres[i - 1])
                     if g_z[i - 1] is not None:
                         g_cur = g_cur + g_z[i - 1]
                 else:
                     g_k[:, sl] += gx
+
+        # the keys' gradient through the first layer's start weights, for the whole block
+        g_k += acc["rows"][first].through(slice(m, 2 * m), mats[first], moms[first], base.get(first))
 
         # --- full-size weight and momentum gradients, one product each
         out_w: dict[str, Tensor | None] = {}
