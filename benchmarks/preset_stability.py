@@ -8,7 +8,8 @@ periodic ids, at lengths beyond a few hundred tokens (where the literal update r
   num_heads=4, dim_head=64, segment_len=32, num_longterm_mem_tokens=4, persistent_size=8,
   neural_memory_segment_len=36, context_window=256)``) at 4x its context window.
 
-Run: ``python benchmarks/preset_stability.py [--length 2048] [--rules literal]``.
+Run: ``python benchmarks/preset_stability.py [--length 2048] [--rules literal] [--only reference]``
+(``--only reference``: the snippet alone).
 Figures: docs/guides/stability.md.
 """
 
@@ -56,6 +57,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--rules", choices=("default", "literal"), default="default")
+    parser.add_argument("--only", choices=("all", "reference"), default="all",
+                        help="reference: only the reference MAC snippet")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     literal = {"step_scale": "literal", "forget_target": "zero"} if args.rules == "literal" else {}
@@ -63,7 +66,7 @@ def main() -> None:
     print(f"rules={args.rules} length={args.length}")
     print("| model | variant | " + " | ".join(kinds) + " | s |")
     print("|---|---|" + "---|" * len(kinds) + "---:|")
-    for preset in ("tiny", "170m"):
+    for preset in ("tiny", "170m") if args.only == "all" else ():
         for variant in VARIANTS:
             torch.manual_seed(0)
             config = TitansConfig.preset(preset, variant=variant, **literal)
@@ -74,7 +77,7 @@ def main() -> None:
                 cells = [first_bad(model(ids(k, config.vocab_size, args.length)).logits) for k in kinds]
             print(f"| {preset} (whole model) | {variant} | " + " | ".join(cells) +
                   f" | {time.perf_counter() - began:.0f} |", flush=True)
-    for preset in ("340m", "760m"):
+    for preset in ("340m", "760m") if args.only == "all" else ():
         torch.manual_seed(0)
         layer = build_memory(TitansConfig.preset(preset, variant="mag", **literal))
         began = time.perf_counter()
@@ -87,6 +90,7 @@ def main() -> None:
                                 context_window=256)
     torch.manual_seed(0)
     model = TitansMACForCausalLM(reference).eval()
+    print(f"(the snippet's memory chunk: {reference.to_titans_config().chunk_size} segment tokens)")
     if literal:
         model.model = TitansLM(dataclasses.replace(reference.to_titans_config(), **literal)).eval()
     length = 4 * reference.context_window

@@ -11,8 +11,8 @@ Field mapping (everything else keeps the ``TitansConfig`` default)::
     segment_len                 ->  segment_len
     num_longterm_mem_tokens     ->  num_memory_tokens (N_l)
     persistent_size             ->  num_persistent
-    neural_memory_segment_len   ->  chunk_size (None: segment_len + num_longterm_mem_tokens,
-                                    the reference's convention)
+    neural_memory_segment_len   ->  chunk_size, counted in segment tokens (below; None: one
+                                    segment, as the reference's default of one window)
     num_memory_layers           ->  memory_depth (layers of the memory MLP)
     neural_memory_layers        ->  memory_layers (1-based in the reference, 0-based here;
                                     None: every block)
@@ -20,6 +20,15 @@ Field mapping (everything else keeps the ``TitansConfig`` default)::
     context_window              ->  max_seq_len
     pad/bos/eos_token_id,           used by generate
     max_length
+
+The chunk size: the reference's memory reads its interleaved stream (each segment of
+``segment_len`` tokens followed by its ``num_longterm_mem_tokens`` memory tokens, one attention
+window of ``segment_len + num_longterm_mem_tokens``), so its ``neural_memory_segment_len``
+counts tokens of that stream; the memory here writes the segments' tokens only. A chunk of
+``k`` whole windows is therefore ``k * segment_len`` here (``36 = 32 + 4`` maps to 32: one chunk
+per segment, aligned with the segments as in the reference). Any other chunk is taken as it is
+(exact when it divides both ``segment_len`` and ``num_longterm_mem_tokens``, e.g. 4 with 32 + 4;
+otherwise the reference's chunks straddle its memory tokens, which have no counterpart here).
 
 The variant is always ``"mac"``. Differences from the reference's forward: labels follow the
 Hugging Face convention (``labels`` may equal ``input_ids``; the shift happens inside), and the
@@ -55,7 +64,9 @@ class TitansMACConfig:
         segment_len: MAC's segment length.
         num_longterm_mem_tokens: memory tokens retrieved per segment (``num_memory_tokens``, ``N_l``).
         persistent_size: persistent tokens (``num_persistent``).
-        neural_memory_segment_len: the memory's chunk size; ``None``: ``segment_len + num_longterm_mem_tokens``.
+        neural_memory_segment_len: the memory's chunk size in the reference's interleaved stream;
+            ``None``: one window, ``segment_len + num_longterm_mem_tokens`` (mapped to
+            ``chunk_size`` as the module docstring says: one segment).
         num_memory_layers: layers of the memory MLP (``memory_depth``).
         neural_memory_layers: 1-based numbers of the blocks that have a memory; ``None``: every block.
         ff_mult: the feed-forward multiplier, ``ffn_hidden = round(2 / 3 * ff_mult * d_model)``, in ``(0, 64]``.
@@ -98,7 +109,13 @@ class TitansMACConfig:
         """The same model as a :class:`TitansConfig` (see the module docstring's mapping)."""
         chunk = self.neural_memory_segment_len
         if chunk is None:
-            chunk = self.segment_len + self.num_longterm_mem_tokens
+            chunk = self.segment_len  # the reference's default, one window, is one segment here
+        elif all(isinstance(n, int) and not isinstance(n, bool)
+                 for n in (chunk, self.segment_len, self.num_longterm_mem_tokens)):
+            window = self.segment_len + self.num_longterm_mem_tokens  # a segment and its memory tokens
+            if window > 0 and chunk > 0 and chunk % window == 0:
+                chunk = chunk // window * self.segment_len  # whole windows -> their segments' tokens
+        # (anything else goes to TitansConfig as it is, whose validation names a bad value)
         layers = None
         if self.neural_memory_layers is not None:
             bad = [i for i in self.neural_memory_layers

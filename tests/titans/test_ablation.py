@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from titans import TitansLM
 from titans.experiments.ablation import load_spec, parse_spec, run_ablation, run_one
 from titans.experiments.cli import main
 from titans.experiments.report import accuracy_at, markdown_table, plot_results
@@ -77,6 +78,19 @@ def test_load_spec_reports_missing_files_and_bad_json(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_spec(bad)
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.json"))
+
+
+def test_example_specs_parse() -> None:
+    """Every ablation file in examples/ (the docs' commands) is a valid spec whose models build."""
+    assert len(EXAMPLES) >= 3, EXAMPLES  # the scan finds the files
+    for path in EXAMPLES:
+        spec = load_spec(path)
+        assert spec.runs, path
+        for run in spec.runs:
+            assert isinstance(TitansLM(run.model), TitansLM), (path, run.name)
 
 
 def test_run_ablation_trains_evaluates_and_reuses_finished_runs(tmp_path: Path) -> None:

@@ -23,8 +23,37 @@ def test_mapping_onto_titans_config():
     t = c.to_titans_config()
     assert (t.variant, t.vocab_size, t.dim, t.depth, t.heads, t.dim_head) == ("mac", 100, 32, 3, 2, 16)
     assert (t.segment_len, t.num_memory_tokens, t.num_persistent) == (8, 4, 2)
-    assert t.chunk_size == 12  # segment_len + num_longterm_mem_tokens, the reference's default
+    assert t.chunk_size == 8  # the reference's default chunk, one window (8 + 4), is one segment here
     assert t.memory_layers == (0, 2) and t.max_seq_len == 64
+
+
+@pytest.mark.parametrize(
+    ("segment", "mem_tokens", "chunk", "expected"),
+    [
+        (32, 4, 36, 32),  # the README snippet: one window of the interleaved stream -> one segment
+        (32, 4, 72, 64),  # two windows -> two segments
+        (32, 4, 16, 16),  # not a whole number of windows: taken as it is
+        (32, 4, 4, 4),  # divides both the segment and the memory tokens: the same chunks
+        (32, 0, 16, 16),  # no memory tokens: the streams are the same
+        (8, 4, None, 8),
+    ],
+)
+def test_chunk_counts_segment_tokens(segment, mem_tokens, chunk, expected):
+    """The reference's chunk counts its interleaved stream (segments and their memory tokens);
+    the memory here writes segment tokens only."""
+    c = TitansMACConfig(d_model=32, num_heads=2, dim_head=16, depth=1, segment_len=segment,
+                        num_longterm_mem_tokens=mem_tokens, persistent_size=2, neural_memory_segment_len=chunk)
+    assert c.to_titans_config().chunk_size == expected
+
+
+def test_bad_chunk_fields_reach_the_config_validation():
+    """The chunk mapping leaves a wrongly typed field to TitansConfig, whose message names it."""
+    from .test_config import library_checks_only
+
+    with library_checks_only(), pytest.raises(ValueError, match="TitansConfig.*segment_len"):
+        TitansMACConfig(d_model=32, num_heads=2, dim_head=16, segment_len="8", neural_memory_segment_len=8)
+    with pytest.raises(ValueError, match="TitansConfig.*chunk_size"):
+        TitansMACConfig(d_model=32, num_heads=2, dim_head=16, segment_len=8, neural_memory_segment_len=0)
 
 
 def test_invalid_reference_config_raises_with_the_mapping():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -228,3 +229,19 @@ def test_import_titans_does_not_import_transformers_and_a_missing_extra_says_how
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert 'pip install "titans-memory-blocks[hf]"' in done.stdout
+
+
+def test_mac_config_saved_with_the_reference_chunk_reloads_with_it():
+    """A config saved before compat counted the chunk in segment tokens (chunk 12 = 8 + 4 taken
+    as it is) keeps the chunk its model was trained with; any other disagreement is refused."""
+    fields = dict(num_tokens=50, d_model=16, depth=1, num_heads=2, dim_head=8, segment_len=8,
+                  num_longterm_mem_tokens=4, persistent_size=2, neural_memory_segment_len=12)
+    mapped = compat.TitansMACConfig(**fields).to_titans_config()
+    assert mapped.chunk_size == 8
+    old = dataclasses.replace(mapped, chunk_size=12)
+    assert TitansMACConfig(**fields, titans=old.to_dict()).to_titans_config().chunk_size == 12
+    assert TitansMACConfig(**fields, titans=mapped.to_dict()).to_titans_config().chunk_size == 8
+    with pytest.raises(ValueError, match="saved titans config is not the one"):
+        TitansMACConfig(**fields, titans=dataclasses.replace(mapped, chunk_size=4).to_dict())
+    with pytest.raises(ValueError, match="saved titans config is not the one"):
+        TitansMACConfig(**fields, titans=dataclasses.replace(old, num_persistent=3).to_dict())

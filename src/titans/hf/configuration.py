@@ -3,6 +3,7 @@ and :class:`TitansMACConfig` (the reference MAC API's fields)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -135,8 +136,16 @@ class TitansMACConfig(TitansHFConfig):
         )
         config = reference.to_titans_config()
         saved = kwargs.pop("titans", None)
-        if saved is not None and _titans_config("TitansMACConfig", saved) != config:
-            raise ValueError("TitansMACConfig: the saved titans config is not the one the reference fields map to")
+        if saved is not None and (saved_config := _titans_config("TitansMACConfig", saved)) != config:
+            # Saved before compat counted the chunk in segment tokens (the reference's number
+            # was taken as it is): the model was trained with that chunk, which it keeps.
+            legacy = (segment_len + num_longterm_mem_tokens if neural_memory_segment_len is None
+                      else neural_memory_segment_len)
+            if saved_config.chunk_size != legacy or saved_config != dataclasses.replace(
+                config, chunk_size=saved_config.chunk_size
+            ):
+                raise ValueError("TitansMACConfig: the saved titans config is not the one the reference fields map to")
+            config = saved_config
         if max_length is None:
             max_length = kwargs.pop("generation_max_length", None)
         bad_length = isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1

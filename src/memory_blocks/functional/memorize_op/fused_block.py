@@ -10,15 +10,18 @@ squared error (eq. 12) this module computes the same block with explicit formula
 
 - forward: per chunk, the memory's forward at the chunk's gradient point and its backward
   (the inner gradient, eq. 12) written out, their factors stored in preallocated buffers; the
-  block's retrievals in the dual form; the block-end weights and momentum (eqs. 13-14);
+  block's retrievals in the dual form; the block-end weights and momentum (eqs. 13-14). The
+  first layer's input on the key path is the keys, known before the first chunk: its reads of
+  the block's start weights are one product per matrix for the whole block, which each chunk
+  scales by its point's coefficients (:class:`_StartReads`);
 - backward: the reverse of all of it, chunk by chunk from the last, with the second
   derivatives of the inner gradient written out (activation, LayerNorm, squared error), every
   full-size weight gradient formed as one product of stacked row factors.
 
 Nothing of the block is recorded by autograd: it is one node whose backward is this code.
-It keeps the factors and the pre-activations (about 25 KB per token and batch row at dim 256
-with a 4x hidden layer) unless ``keep`` is false, in which case the backward pass runs the
-forward again first. A backward pass that is itself recorded (``create_graph=True``, e.g.
+It keeps the factors, the pre-activations and the first layer's reads of the start weights
+(about 33 KB per token and batch row at dim 256 with a 4x hidden layer) unless ``keep`` is
+false, in which case the backward pass runs the forward again first. A backward pass that is itself recorded (``create_graph=True``, e.g.
 second derivatives of the outer loss) goes through the general path instead, on the same
 inputs, so that its result stays differentiable.
 
