@@ -12,7 +12,7 @@ import pytest
 from titans import TitansLM
 from titans.experiments.ablation import load_spec, parse_spec, run_ablation, run_one
 from titans.experiments.cli import main
-from titans.experiments.report import accuracy_at, markdown_table, plot_results
+from titans.experiments.report import accuracy_at, diverged_lengths, markdown_table, plot_results
 from titans.experiments.train import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -146,6 +146,27 @@ def test_markdown_table_and_plot(tmp_path: Path) -> None:
                        metrics=[tmp_path / "runs" / r["name"] / "metrics.jsonl" for r in results],
                        window=4, train_len=16, chance=0.1, title="test")
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5_000
+
+
+def _needle_result(name: str, rows: list[tuple[int, float, float, float]]) -> dict[str, Any]:
+    """A needle run's result: one evaluation row per (length, depth, accuracy, loss)."""
+    return {"name": name, "variant": "mag", "parameters": 10, "loss": 1.0, "accuracy": 0.5, "tokens_per_s": 1.0,
+            "train_seconds": 1.0, "changes": [],
+            "eval": [{"length": n, "depth": d, "accuracy": a, "loss": loss, "finite": loss == loss}
+                     for n, d, a, loss in rows]}
+
+
+def test_reports_average_the_depths_of_a_length() -> None:
+    """A needle evaluation has one row per depth at each length: the report and accuracy_at
+    give their mean (not the first depth's), and any non-finite depth makes the length diverged."""
+    r = _needle_result("a", [(16, 0.0, 1.0, 0.1), (16, 1.0, 0.5, 0.3), (32, 0.0, 0.25, 0.5), (32, 1.0, 0.75, 0.7)])
+    assert accuracy_at(r, 16) == pytest.approx(0.75) and accuracy_at(r, 32) == pytest.approx(0.5)
+    lines = markdown_table([r]).strip().splitlines()
+    assert lines[0].count("acc @ 16") == 1 and lines[0].count("acc @ 32") == 1
+    assert lines[2].endswith("| 75.0% | 50.0% | 0.200 | 0.600 |"), lines[2]
+    bad = _needle_result("b", [(16, 0.0, 1.0, 0.1), (16, 1.0, 0.5, float("nan"))])
+    assert accuracy_at(bad, 16) is None and diverged_lengths(bad) == [16]
+    assert markdown_table([bad]).strip().splitlines()[2].endswith("| diverged at length 16 | nan |")
 
 
 def test_titans_ablate_writes_table_plot_and_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,11 +20,17 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _LINES = ("-", "--", "-.", ":")
 
 
-def _row(result: dict[str, Any], length: int) -> dict[str, Any]:
-    for row in result["eval"]:
-        if row["length"] == length:
-            return row
-    raise KeyError(f"run {result['name']!r} was not evaluated at length {length}")
+def _rows(result: dict[str, Any], length: int) -> list[dict[str, Any]]:
+    """The evaluation rows of ``result`` at ``length``: one, or one per needle depth."""
+    rows = [row for row in result["eval"] if row["length"] == length]
+    if not rows:
+        raise KeyError(f"run {result['name']!r} was not evaluated at length {length}")
+    return rows
+
+
+def _lengths(result: dict[str, Any]) -> list[int]:
+    """The evaluated lengths of ``result``, each once, in order."""
+    return list(dict.fromkeys(row["length"] for row in result["eval"]))
 
 
 def _finite(row: dict[str, Any]) -> bool:
@@ -40,17 +46,21 @@ def _finite(row: dict[str, Any]) -> bool:
 def accuracy_at(result: dict[str, Any], length: int) -> float | None:
     """The evaluation accuracy of ``result`` at ``length``; ``None`` where there is none: the
     run diverged in training, or its evaluation at ``length`` is non-finite (NaN or infinite
-    loss or logits). ``KeyError`` if it was not evaluated at that length."""
-    row = _row(result, length)
-    return float(row["accuracy"]) if _finite(row) else None
+    loss or logits). A task evaluated at several depths per length (the needle task) gives the
+    mean over them, ``None`` if any of them is non-finite. ``KeyError`` if it was not
+    evaluated at that length."""
+    rows = _rows(result, length)
+    if not all(_finite(row) for row in rows):
+        return None
+    return statistics.fmean(float(row["accuracy"]) for row in rows)
 
 
 def diverged_lengths(result: dict[str, Any]) -> list[int]:
-    """The lengths at which an evaluated run's evaluation is non-finite (``[]`` for a run that
-    diverged in training: it was not evaluated)."""
+    """The lengths at which an evaluated run's evaluation is non-finite (at any depth; ``[]`` for
+    a run that diverged in training: it was not evaluated)."""
     if result.get("diverged"):
         return []
-    return [row["length"] for row in result["eval"] if not _finite(row)]
+    return [n for n in _lengths(result) if not all(_finite(row) for row in _rows(result, n))]
 
 
 def loss_text(loss: float | str | None) -> str:
@@ -98,8 +108,19 @@ def _changes(result: dict[str, Any]) -> str:
 
 
 def _eval_loss(result: dict[str, Any], length: int) -> float | None:
-    row = _row(result, length)
-    return float(row["loss"]) if _finite(row) else None
+    """The evaluation loss at ``length`` (the mean over its depths), ``None`` if non-finite."""
+    rows = _rows(result, length)
+    if not all(_finite(row) for row in rows):
+        return None
+    return statistics.fmean(float(row["loss"]) for row in rows)
+
+
+def _loss_cell(result: dict[str, Any], length: int) -> str:
+    """A run's evaluation loss at ``length`` for the table: the mean over its depths, or the
+    first non-finite loss (``nan``, ``inf``, ``-``)."""
+    rows = _rows(result, length)
+    bad = [row for row in rows if not _finite(row)]
+    return loss_text(bad[0].get("loss")) if bad else f"{_eval_loss(result, length):.3f}"
 
 
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
@@ -108,7 +129,8 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     One row per run: name, variant, (the fields it changes, when any run changes some),
     parameters, (its seeds, when a run has replicates), final training loss and accuracy,
     training tokens/s, wall time, then the evaluation accuracy (as a percentage) and loss at
-    every length.
+    every length (for a task evaluated at several depths per length, the needle task, the mean
+    over the depths).
 
     A run with several replicates (seeds) shows ``mean ± sd`` over them in every cell (the
     sample standard deviation), and ``(k/n finite)`` where only k of its n replicates have a
@@ -127,7 +149,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     """
     if not results:
         raise ValueError("markdown_table: no results")
-    lengths = [row["length"] for row in results[0]["eval"]]
+    lengths = _lengths(results[0])
     groups = _groups(results)
     show_changes = any(r.get("changes") for r in results)
     show_seeds = any(len(g) > 1 or g[0].get("replicate") for g in groups)
@@ -148,7 +170,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
             accuracies = [accuracy_at(r, n) for n in lengths]
             cells += [f"diverged at length {n}" if a is None else f"{100 * a:.1f}%"
                       for n, a in zip(lengths, accuracies)]
-            cells += [loss_text(_row(r, n)["loss"]) for n in lengths]
+            cells += [_loss_cell(r, n) for n in lengths]
         else:
             total = len(group)
             trained = [x for x in group if not x.get("diverged")]
@@ -220,7 +242,7 @@ def plot_results(
         if not evaluated:
             ax.plot([], [], marker="x", linestyle="none", label=f"{name} (diverged)")
             continue
-        lengths = [row["length"] for row in evaluated[0]["eval"]]
+        lengths = _lengths(evaluated[0])
         per_length = [[a for a in (accuracy_at(r, n) for r in evaluated) if a is not None] for n in lengths]
         means, sds = zip(*(_mean_sd([100 * a for a in v]) for v in per_length))
         broken = [n for n, v in zip(lengths, per_length) if not v]
