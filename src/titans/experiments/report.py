@@ -43,16 +43,22 @@ def _finite(row: dict[str, Any]) -> bool:
     return math.isfinite(float(loss))
 
 
+def _mean_at(result: dict[str, Any], length: int, key: str) -> float | None:
+    """The mean of ``key`` over the evaluation rows at ``length`` (one, or one per needle
+    depth); ``None`` if any of them is non-finite."""
+    rows = _rows(result, length)
+    if not all(_finite(row) for row in rows):
+        return None
+    return statistics.fmean(float(row[key]) for row in rows)
+
+
 def accuracy_at(result: dict[str, Any], length: int) -> float | None:
     """The evaluation accuracy of ``result`` at ``length``; ``None`` where there is none: the
     run diverged in training, or its evaluation at ``length`` is non-finite (NaN or infinite
     loss or logits). A task evaluated at several depths per length (the needle task) gives the
     mean over them, ``None`` if any of them is non-finite. ``KeyError`` if it was not
     evaluated at that length."""
-    rows = _rows(result, length)
-    if not all(_finite(row) for row in rows):
-        return None
-    return statistics.fmean(float(row["accuracy"]) for row in rows)
+    return _mean_at(result, length, "accuracy")
 
 
 def diverged_lengths(result: dict[str, Any]) -> list[int]:
@@ -60,7 +66,7 @@ def diverged_lengths(result: dict[str, Any]) -> list[int]:
     a run that diverged in training: it was not evaluated)."""
     if result.get("diverged"):
         return []
-    return [n for n in _lengths(result) if not all(_finite(row) for row in _rows(result, n))]
+    return [n for n in _lengths(result) if _mean_at(result, n, "loss") is None]
 
 
 def loss_text(loss: float | str | None) -> str:
@@ -109,18 +115,16 @@ def _changes(result: dict[str, Any]) -> str:
 
 def _eval_loss(result: dict[str, Any], length: int) -> float | None:
     """The evaluation loss at ``length`` (the mean over its depths), ``None`` if non-finite."""
-    rows = _rows(result, length)
-    if not all(_finite(row) for row in rows):
-        return None
-    return statistics.fmean(float(row["loss"]) for row in rows)
+    return _mean_at(result, length, "loss")
 
 
 def _loss_cell(result: dict[str, Any], length: int) -> str:
     """A run's evaluation loss at ``length`` for the table: the mean over its depths, or the
     first non-finite loss (``nan``, ``inf``, ``-``)."""
-    rows = _rows(result, length)
-    bad = [row for row in rows if not _finite(row)]
-    return loss_text(bad[0].get("loss")) if bad else f"{_eval_loss(result, length):.3f}"
+    loss = _eval_loss(result, length)
+    if loss is not None:
+        return f"{loss:.3f}"
+    return loss_text(next(row for row in _rows(result, length) if not _finite(row)).get("loss"))
 
 
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:

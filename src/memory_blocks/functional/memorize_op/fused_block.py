@@ -21,9 +21,9 @@ squared error (eq. 12) this module computes the same block with explicit formula
 Nothing of the block is recorded by autograd: it is one node whose backward is this code.
 It keeps the factors, the pre-activations and the first layer's reads of the start weights
 (about 33 KB per token and batch row at dim 256 with a 4x hidden layer) unless ``keep`` is
-false, in which case the backward pass runs the forward again first. A backward pass that is itself recorded (``create_graph=True``, e.g.
-second derivatives of the outer loss) goes through the general path instead, on the same
-inputs, so that its result stays differentiable.
+false, in which case the backward pass runs the forward again first. A backward pass that is
+itself recorded (``create_graph=True``, e.g. second derivatives of the outer loss) goes through
+the general path instead, on the same inputs, so that its result stays differentiable.
 
 Notation (per batch row and head, flattened to a leading ``N``): a block of ``M`` tokens in
 chunks, start weights ``W`` and momentum ``S`` per matrix, per-token gradient factors
