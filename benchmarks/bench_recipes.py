@@ -10,6 +10,10 @@ outputs or gradients are not all finite gets no figure (``--`` and ``finite: no`
 
     python benchmarks/bench_recipes.py                       # the table of docs/benchmarks.md
     python benchmarks/bench_recipes.py --lengths 1024 --recipes titans,atlas
+    python benchmarks/bench_recipes.py --lengths 1024 --recipes titans,moneta,moneta:token
+
+A row ``NAME:token`` (or ``NAME:chunk``) is the recipe with that ``retention_readout``: Moneta and
+Memora read their retention per chunk (the dual form); ``:token`` is the per-token rule.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ def _layer(args: argparse.Namespace, recipe: str):  # noqa: ANN202
     from titans.builders import build_memory
     from titans.config import TitansConfig
 
+    name, _, readout = recipe.partition(":")
+    extra = {"retention_readout": readout} if readout else {}
     torch.manual_seed(0)
     config = TitansConfig.from_recipe(
-        recipe, dim=args.dim, heads=1, memory_heads=1, chunk_size=args.chunk, memory_depth=2,
-        memory_expansion=4.0,
+        name, dim=args.dim, heads=1, memory_heads=1, chunk_size=args.chunk, memory_depth=2,
+        memory_expansion=4.0, **extra,
     )
     return build_memory(config)
 

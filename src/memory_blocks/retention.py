@@ -20,17 +20,37 @@ Every retention here has two parts (docs/components/retention.md):
 The readouts act on matrix fast weights only (two or more parameter dimensions); vectors
 (LayerNorm gains, biases) keep the identity. With the identity readout the memory runs on the
 fast paths of :func:`~memory_blocks.memorize`; any other goes through its general path.
+
+*Where the readout is applied* is the retention's ``per_chunk`` flag:
+
+- ``per_chunk=False`` (the recurrence as written): token ``t`` reads ``W_t = phi(A_t)``;
+- ``per_chunk=True`` (MIRAS' chunk-wise training, which keeps the update linear inside a chunk
+  and applies the nonlinearity at chunk boundaries): inside a chunk token ``t`` reads the
+  readout's first-order expansion at the chunk's start ``A_0``,
+  ``W_t = phi(A_0) + J_phi(A_0)[A_t - A_0]``, and the chunk's last token reads ``phi(A_t)``
+  exactly. At chunk size 1 both are the same rule. The expansion is linear in the chunk's
+  factored gradients, so a built-in memory keeps its dual form (:meth:`Retention.expand`):
+  no per-token weights are built.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from torch.func import jvp
+
+from memory_blocks.functional.readout_expansion import (
+    Expansion,
+    LqExpansion,
+    MaskExpansion,
+    MaterialisedExpansion,
+    SoftmaxExpansion,
+)
 
 __all__ = ["ElasticNet", "KLRetention", "L2Decay", "LqNormalization", "RETENTIONS", "Retention"]
 
@@ -44,14 +64,29 @@ def _finite_positive(cls: str, name: str, value: object, minimum: float = 0.0, s
         raise ValueError(f"{cls}: {name} must be finite and {relation} {minimum}, got {value}")
 
 
+@dataclass(frozen=True)
 class Retention:
     """Base class: a readout ``phi(A)`` applied to the accumulated fast weights.
 
+    Args:
+        per_chunk: keyword only. ``False`` (default): every token reads ``phi(A_t)``. ``True``:
+            inside a chunk the readout is expanded to first order at the chunk's start,
+            ``phi(A_0) + J_phi(A_0)[A_t - A_0]``, and exact at the chunk's last token (MIRAS'
+            chunk-wise form; fast for built-in memories). Equal at chunk size 1.
+
     Attributes:
         linear: ``True`` when the readout is the identity (the fast paths apply).
+
+    Raises:
+        TypeError: when ``per_chunk`` is not a bool.
     """
 
     linear: ClassVar[bool] = False
+    per_chunk: bool = field(default=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.per_chunk, bool):
+            raise TypeError(f"{type(self).__name__}: per_chunk must be True or False, got {self.per_chunk!r}")
 
     def readout(self, a: Float[Tensor, "..."], ndim: int) -> Float[Tensor, "..."]:
         """``phi(A)`` for one fast weight whose own shape is the last ``ndim`` dimensions.
@@ -67,6 +102,37 @@ class Retention:
             return a
         return self._matrix(a, ndim)
 
+    def tangent(self, a: Float[Tensor, "..."], m: Float[Tensor, "..."], ndim: int) -> Float[Tensor, "..."]:
+        """``J_phi(A)[M]``, the readout's derivative at ``A`` in the direction ``M``.
+
+        The base class takes it with forward-mode autograd (any readout); the built-in
+        retentions write it out.
+
+        Args:
+            a: the accumulator, ``(*lead, *shape)``.
+            m: the direction, broadcastable to ``a``'s shape.
+            ndim: how many trailing dimensions are the parameter's own.
+
+        Returns:
+            The derivative, ``a``'s shape (broadcast with ``m``).
+        """
+        a, m = torch.broadcast_tensors(a, m)
+        return jvp(lambda x: self.readout(x, ndim), (a.contiguous(),), (m.contiguous(),))[1]
+
+    def expand(self, a: Float[Tensor, "*lead dim_out dim_in"]) -> Expansion:
+        """The readout expanded at the matrix accumulator ``a``, read in the dual form
+        (:mod:`memory_blocks.functional.readout_expansion`): the per-chunk readout of a built-in
+        memory. The base class materialises ``J`` per gradient (slow, any readout); the built-in
+        retentions contract it.
+
+        Args:
+            a: the accumulator at a chunk's start, ``(*lead, dim_out, dim_in)``.
+
+        Returns:
+            An object with ``read_point(h)`` (``phi(a) h``) and ``read(h, dense, delta, x, mix)``.
+        """
+        return MaterialisedExpansion(a, lambda z: self.readout(z, 2), lambda z, m: self.tangent(z, m, 2))
+
     def _matrix(self, a: Tensor, ndim: int) -> Tensor:
         raise NotImplementedError
 
@@ -76,6 +142,10 @@ class L2Decay(Retention):
     """The paper's forgetting (eq. 14): the identity readout, so ``W = A`` decays linearly.
 
     Where the decay pulls (``W_0`` or zero) is the layer's ``forget_target``.
+
+    Args:
+        per_chunk: accepted for a uniform interface; the identity's expansion is itself, so both
+            rules are one.
     """
 
     linear: ClassVar[bool] = True
@@ -92,6 +162,10 @@ class L2Decay(Retention):
         """
         return a
 
+    def tangent(self, a: Float[Tensor, "..."], m: Float[Tensor, "..."], ndim: int) -> Float[Tensor, "..."]:
+        """``M`` itself (the identity's derivative), broadcast to ``a``'s shape."""
+        return m.expand(torch.broadcast_shapes(a.shape, m.shape))
+
 
 @dataclass(frozen=True)
 class LqNormalization(Retention):
@@ -103,6 +177,7 @@ class LqNormalization(Retention):
     Args:
         q: the norm's exponent, ``>= 2``.
         eps: added to ``||A||_q^q`` (> 0).
+        per_chunk: keyword only; see :class:`Retention` (the readout expanded inside each chunk).
 
     Raises:
         ValueError: when ``q < 2`` or ``eps <= 0`` (or either is not finite).
@@ -113,13 +188,31 @@ class LqNormalization(Retention):
     eps: float = 1e-6
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _finite_positive("LqNormalization", "q", self.q, 2.0, strict=False)
         _finite_positive("LqNormalization", "eps", self.eps)
 
     def _matrix(self, a: Tensor, ndim: int) -> Tensor:
+        return a / self._scale(a, ndim)[0]
+
+    def _scale(self, a: Tensor, ndim: int) -> tuple[Tensor, Tensor]:
+        """``s = (||A||_q^q + eps)^((q - 2) / q)`` per matrix and its gradient ``ds/dA``."""
         dims = tuple(range(-ndim, 0))
         total = a.abs().pow(self.q).sum(dim=dims, keepdim=True) + self.eps
-        return a / total.pow((self.q - 2) / self.q)
+        grad = (self.q - 2) * total.pow(-2 / self.q) * a * a.abs().pow(self.q - 2)
+        return total.pow((self.q - 2) / self.q), grad
+
+    def tangent(self, a: Float[Tensor, "..."], m: Float[Tensor, "..."], ndim: int) -> Float[Tensor, "..."]:
+        """``J[M] = M / s - A <ds/dA, M> / s^2`` (see :meth:`Retention.tangent`)."""
+        if ndim < 2:
+            return super().tangent(a, m, ndim)
+        s, grad = self._scale(a, ndim)
+        inner = (grad * m).sum(dim=tuple(range(-ndim, 0)), keepdim=True)
+        return m / s - a * (inner / s.square())
+
+    def expand(self, a: Float[Tensor, "*lead dim_out dim_in"]) -> Expansion:
+        """:class:`~memory_blocks.functional.readout_expansion.LqExpansion` (see :meth:`Retention.expand`)."""
+        return LqExpansion(a, self.q, self.eps)
 
 
 @dataclass(frozen=True)
@@ -133,6 +226,7 @@ class KLRetention(Retention):
     Args:
         scale: ``c``; ``None`` (default): the square root of the row length, so that a uniform
             row has unit l2 norm.
+        per_chunk: keyword only; see :class:`Retention` (the readout expanded inside each chunk).
 
     Raises:
         ValueError: when ``scale`` is not finite and > 0.
@@ -142,12 +236,28 @@ class KLRetention(Retention):
     scale: float | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.scale is not None:
             _finite_positive("KLRetention", "scale", self.scale)
 
+    def _c(self, a: Tensor) -> float:
+        return math.sqrt(a.shape[-1]) if self.scale is None else self.scale
+
     def _matrix(self, a: Tensor, ndim: int) -> Tensor:
-        c = math.sqrt(a.shape[-1]) if self.scale is None else self.scale
-        return c * torch.softmax(a, dim=-1)
+        return self._c(a) * torch.softmax(a, dim=-1)
+
+    def tangent(self, a: Float[Tensor, "..."], m: Float[Tensor, "..."], ndim: int) -> Float[Tensor, "..."]:
+        """``J[M] = c (P * M - P * rowsum(P * M))``, ``P = softmax(A)`` per row (see
+        :meth:`Retention.tangent`)."""
+        if ndim < 2:
+            return super().tangent(a, m, ndim)
+        p = torch.softmax(a, dim=-1)
+        pm = p * m
+        return self._c(a) * (pm - p * pm.sum(-1, keepdim=True))
+
+    def expand(self, a: Float[Tensor, "*lead dim_out dim_in"]) -> Expansion:
+        """:class:`~memory_blocks.functional.readout_expansion.SoftmaxExpansion` (see :meth:`Retention.expand`)."""
+        return SoftmaxExpansion(a, self._c(a))
 
 
 @dataclass(frozen=True)
@@ -157,6 +267,7 @@ class ElasticNet(Retention):
 
     Args:
         threshold: ``lambda >= 0``; 0 is the identity.
+        per_chunk: keyword only; see :class:`Retention` (the readout expanded inside each chunk).
 
     Raises:
         ValueError: when ``threshold`` is negative or not finite.
@@ -166,10 +277,24 @@ class ElasticNet(Retention):
     threshold: float = 1e-3
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _finite_positive("ElasticNet", "threshold", self.threshold, 0.0, strict=False)
 
     def _matrix(self, a: Tensor, ndim: int) -> Tensor:
         return torch.sign(a) * torch.clamp(a.abs() - self.threshold, min=0)
+
+    def _mask(self, a: Tensor) -> Tensor:
+        return (a.abs() > self.threshold).to(a.dtype)
+
+    def tangent(self, a: Float[Tensor, "..."], m: Float[Tensor, "..."], ndim: int) -> Float[Tensor, "..."]:
+        """``J[M] = [|A| > lambda] * M`` (see :meth:`Retention.tangent`)."""
+        if ndim < 2:
+            return super().tangent(a, m, ndim)
+        return self._mask(a) * m
+
+    def expand(self, a: Float[Tensor, "*lead dim_out dim_in"]) -> Expansion:
+        """:class:`~memory_blocks.functional.readout_expansion.MaskExpansion` (see :meth:`Retention.expand`)."""
+        return MaskExpansion(self._matrix(a, 2), self._mask(a))
 
 
 #: Retention classes by name, for configs and the command line.

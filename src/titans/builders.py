@@ -80,7 +80,9 @@ def build_memory(config: TitansConfig) -> NeuralMemory:
         checkpoint=config.memory_checkpoint,
         step_scale=registry.STEP_SCALES.get(config.step_scale, "TitansConfig.step_scale")(),
         forget_target=config.forget_target,
-        retention=registry.RETENTIONS.get(config.retention, "TitansConfig.retention")(**config.retention_kwargs),
+        retention=registry.RETENTIONS.get(config.retention, "TitansConfig.retention")(
+            **config.retention_kwargs, per_chunk=config.retention_readout == "chunk"
+        ),
         feature_map=registry.FEATURE_MAPS.get(config.feature_map, "TitansConfig.feature_map")(
             **config.feature_map_kwargs
         ),

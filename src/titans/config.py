@@ -73,6 +73,11 @@ class TitansConfig:
         retention: a name in ``registry.RETENTIONS`` (``"l2"``, default, the paper's forgetting;
             ``"lq"``, ``"kl"``, ``"elastic_net"``: MIRAS).
         retention_kwargs: keyword arguments of the retention (e.g. ``{"q": 4.0}``).
+        retention_readout: where a nonlinear retention's readout ``W = phi(A)`` is applied:
+            ``"token"`` (default: every token reads ``phi(A_t)``, the recurrence as written) or
+            ``"chunk"`` (inside a chunk its first-order expansion at the chunk's start, exact at
+            the chunk's end: MIRAS' chunk-wise form, many times faster; ``Retention.per_chunk``).
+            The Moneta and Memora recipes set ``"chunk"``.
         feature_map: a name in ``registry.FEATURE_MAPS`` (``"identity"``, default, or
             ``"polynomial"``) applied to the memory's queries and keys.
         feature_map_kwargs: keyword arguments of the feature map (e.g. ``{"degree": 2}``).
@@ -152,6 +157,7 @@ class TitansConfig:
     forget_target: str = "init"
     retention: str = "l2"
     retention_kwargs: dict[str, float] = field(default_factory=dict, hash=False)
+    retention_readout: str = "token"
     feature_map: str = "identity"
     feature_map_kwargs: dict[str, int | float] = field(default_factory=dict, hash=False)
     omega_window: int = 1
@@ -330,7 +336,7 @@ _BOOL_FIELDS = ("tie_embeddings", "per_tensor_lr", "memory_checkpoint")
 _STR_FIELDS = (
     "variant", "memory_model", "memory_activation", "optimizer", "objective", "step_scale", "forget_target",
     "mac_write", "mac_memory_positions", "mac_memory_visibility", "mac_retrieve_query", "attention_backend",
-    "mac_memory_norm", "retention", "feature_map",
+    "mac_memory_norm", "retention", "retention_readout", "feature_map",
 )
 
 
@@ -507,7 +513,7 @@ def _validate(cfg: TitansConfig) -> None:
     # MAC's queries never see the retrievals of later tokens: no "all" visibility.
     for name, choices in (("mac_write", MAC_WRITES), ("mac_memory_positions", MEMORY_POSITIONS),
                           ("mac_memory_visibility", ("causal", "own")), ("mac_retrieve_query", ("shared", "separate")),
-                          ("mac_memory_norm", MAC_MEMORY_NORMS)):
+                          ("mac_memory_norm", MAC_MEMORY_NORMS), ("retention_readout", ("token", "chunk"))):
         if getattr(cfg, name) not in choices:
             raise ValueError(f"TitansConfig.{name}: must be one of {choices}, got {getattr(cfg, name)!r}")
     if cfg.attention_backend not in ("blocked", "sdpa", "dense", "flex"):

@@ -25,6 +25,7 @@ from memory_blocks import (
 LAYERS = {
     "lq": dict(retention="lq", objective="lp"),
     "kl": dict(retention=KLRetention()),
+    "kl_chunk": dict(retention=KLRetention(per_chunk=True)),
     "elastic": dict(retention=ElasticNet(threshold=0.01)),
     "muon": dict(optimizer="muon"),
     "omega": dict(omega_window=3),
@@ -41,7 +42,9 @@ def _layer(name: str, chunk: int = 4) -> NeuralMemory:
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_layer_equals_the_token_loop_with_its_rules(name: str) -> None:
     layer = _layer(name)
-    x = torch.randn(1, 11, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    # A per-chunk readout reads phi(A) exactly only at a chunk's end: end the call on one.
+    length = 12 if layer.retention.per_chunk else 11
+    x = torch.randn(1, length, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     q, k, v = layer.project(x)
     eta = layer.momentum_gate(x)
     theta = layer.step_scale(layer.lr_gate(x), eta, chunk_size=4, memory=layer.memory)

@@ -114,6 +114,21 @@ def test_run_ablation_trains_evaluates_and_reuses_finished_runs(tmp_path: Path) 
     assert metrics.stat().st_mtime_ns == stamp  # reused, not retrained
     assert [r["eval"] for r in again] == [r["eval"] for r in results]
 
+    # A run recorded before a config field existed (here: without retention_readout, whose
+    # default is the old behaviour) is the same run; a changed field is not.
+    result_path = tmp_path / "runs" / "lmm" / "result.json"
+    recorded = json.loads(result_path.read_text())
+    del recorded["identity"]["model"]["retention_readout"]
+    result_path.write_text(json.dumps(recorded))
+    run_ablation(spec, tmp_path)
+    assert metrics.stat().st_mtime_ns == stamp
+    recorded["identity"]["model"]["retention_readout"] = "chunk"
+    result_path.write_text(json.dumps(recorded))
+    with pytest.raises(ValueError, match="different spec"):
+        run_ablation(spec, tmp_path)
+    recorded["identity"]["model"].pop("retention_readout")
+    result_path.write_text(json.dumps(recorded))
+
     changed = parse_spec(spec_document(train={**spec_document()["train"], "steps": 4}))
     with pytest.raises(ValueError, match="different spec"):
         run_ablation(changed, tmp_path)

@@ -61,6 +61,7 @@ VALUES: dict[str, tuple[list, list]] = {
     "forget_target": (["init", "zero"], ["one", 0]),
     "retention": (["l2", "lq", "kl", "elastic_net"], ["l1", None]),
     "retention_kwargs": ([{}], [None, [1], {"q": NAN}, {1: 2.0}]),
+    "retention_readout": (["token", "chunk"], ["block", None, True]),
     "feature_map": (["identity", "polynomial"], ["cubic", 0]),
     "feature_map_kwargs": ([{}], [None, {"degree": INF}, {"degree": 0}]),
     "omega_window": ([1, 2], [0, 1.5, "2"]),

@@ -39,6 +39,10 @@ def test_recipes_build_their_components() -> None:
     assert layers["moneta"].objective.p == 3.0
     assert layers["yaad"].objective.delta == 1.0 and isinstance(layers["yaad"].retention, L2Decay)
     assert isinstance(layers["memora"].retention, KLRetention)
+    # MIRAS' chunk-wise readout for the two nonlinear retentions; the per-token rule one field away
+    assert layers["moneta"].retention.per_chunk and layers["memora"].retention.per_chunk
+    token = build_memory(dataclasses.replace(_config("moneta"), retention_readout="token"))
+    assert not token.retention.per_chunk
     atlas = layers["atlas"]
     assert isinstance(atlas.optimizer, Muon) and atlas.omega_window == 4 and atlas.omega_gate is not None
     assert isinstance(atlas.feature_map, PolynomialFeatures) and atlas.feature_map.degree == 2
@@ -53,6 +57,7 @@ def test_recipes_build_their_components() -> None:
     "fields, message",
     [
         (dict(retention="nope"), "TitansConfig.retention"),
+        (dict(retention="lq", retention_readout="block"), "TitansConfig.retention_readout"),
         (dict(retention="lq", retention_kwargs={"q": 1.0}), "TitansConfig.retention_kwargs"),
         (dict(feature_map="cubic"), "TitansConfig.feature_map"),
         (dict(feature_map="polynomial", feature_map_kwargs={"degree": 0}), "TitansConfig.feature_map_kwargs"),

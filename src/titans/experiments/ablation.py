@@ -293,6 +293,20 @@ def _identity(run: RunSpec, spec: AblationSpec) -> dict[str, Any]:
     }))
 
 
+def _same_identity(saved: Any, identity: dict[str, Any]) -> bool:
+    """Whether a finished run's recorded identity is ``identity``. Its model configuration is read
+    as a saved config is (:meth:`TitansConfig.from_json`), so that a field added to the config
+    after the run (its old behaviour the default, or a legacy rule of ``from_json``) does not
+    make it a different run."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        return False
+    try:
+        model = TitansConfig.from_json(json.dumps({"format": "titans-config", "config": saved["model"]}))
+    except ValueError:
+        return False
+    return {**saved, "model": json.loads(json.dumps(model.to_dict()))} == identity
+
+
 def _final_train_record(metrics: Path) -> dict[str, Any]:
     train_records = [r for r in read_records(metrics) if r.get("kind") == "train"]
     if not train_records:
@@ -342,7 +356,7 @@ def run_one(
     result_path = out / RESULT_NAME
     if result_path.is_file():
         result = json.loads(result_path.read_text())
-        if result.get("identity") == identity:
+        if _same_identity(result.get("identity"), identity):
             return json_safe(result)  # a result.json written before json_safe may hold a bare NaN
         raise ValueError(f"ablation: {out} holds a finished run of a different spec; remove it or use another --out")
     resume = out.is_dir() and any(out.glob("checkpoint-*"))

@@ -77,6 +77,7 @@ OVERRIDES: dict[str, tuple[str, Any, str]] = {
     "--memory-layers": ("memory_layers", _layers, "comma-separated blocks with a memory, or 'all'"),
     "--optimizer": ("optimizer", str, "inner (memory) optimizer: momentum, gd or muon"),
     "--retention": ("retention", str, "memory retention: l2 (default), lq, kl or elastic_net"),
+    "--retention-readout": ("retention_readout", str, "where a retention's readout applies: token (default) or chunk"),
     "--feature-map": ("feature_map", str, "feature map on the memory's queries and keys: identity or polynomial"),
     "--omega-window": ("omega_window", int, "tokens in each token's inner loss (Omega rule; 1: the paper's)"),
     "--objective": ("objective", str, "inner objective (squared_error, huber, lp, dot_product)"),

@@ -5,6 +5,7 @@ each rule's limits reduce to the rule it extends; the pieces against independent
 from __future__ import annotations
 
 import inspect
+from unittest import mock
 
 import pytest
 import torch
@@ -16,10 +17,13 @@ from memory_blocks import (
     KLRetention,
     L2Decay,
     LqNormalization,
+    Retention,
     memorize,
     memorize_naive,
 )
+from memory_blocks.functional.memorize_op import chunk as chunk_module
 from memory_blocks.functional.memorize_op.extended_chunk import window_matrix
+from memory_blocks.functional.readout_expansion import MaterialisedExpansion
 from memory_blocks.functional.memorize_op.newton_schulz import newton_schulz, orthogonal_step
 
 from .cases import assert_close, assert_states_close, make_inputs, make_memory
@@ -29,6 +33,11 @@ RETENTIONS = {
     "lq": LqNormalization(q=4.0),
     "kl": KLRetention(),
     "elastic": ElasticNet(threshold=0.05),
+    # the per-chunk readout (expanded at each chunk's start): the dual-form path for built-in
+    # memories (plain rule), the per-token-weights path otherwise
+    "lq_chunk": LqNormalization(q=4.0, per_chunk=True),
+    "kl_chunk": KLRetention(per_chunk=True),
+    "elastic_chunk": ElasticNet(threshold=0.05, per_chunk=True),
 }
 # (omega_window, weighted, newton_schulz_steps)
 RULES = {
@@ -219,6 +228,113 @@ def test_retention_readouts_match_their_formulas() -> None:
     vec = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
     for r in (LqNormalization(), KLRetention(), ElasticNet(), L2Decay()):
         assert torch.equal(r.readout(vec, 1), vec)  # vectors keep the identity
+
+
+CHUNK_READOUTS = {"lq": LqNormalization(q=4.0, per_chunk=True), "lq3": LqNormalization(q=3.0, per_chunk=True),
+                  "kl": KLRetention(per_chunk=True), "elastic": ElasticNet(threshold=0.05, per_chunk=True)}
+
+
+@pytest.mark.parametrize("kind", ["linear_bias", "mlp2", "gated"])
+@settings(max_examples=6, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    seq=st.integers(1, 13),
+    chunk=st.integers(1, 5),
+    name=st.sampled_from(sorted(CHUNK_READOUTS)),
+    forget=st.sampled_from(["zero", "init"]),
+    momentum=st.booleans(),
+    cut=st.integers(1, 12),
+)
+def test_chunk_readout_dual_form_equals_naive(
+    kind: str, seed: int, seq: int, chunk: int, name: str, forget: str, momentum: bool, cut: int
+) -> None:
+    """The per-chunk readout of a built-in memory runs in the dual form (``readout_chunk``, no
+    per-token weights) and equals the token loop, which expands ``phi`` with forward-mode
+    autograd: in one call and in two streamed pieces, gradients of the memory's weights included."""
+    mem = make_memory(kind, 4, seed)
+    params = list(mem.parameters())
+    x = make_inputs(seed, 2, 2, seq, 4, lr_scale=0.3, momentum=momentum)
+    kw = dict(chunk_size=chunk, forget_target=forget, retention=CHUNK_READOUTS[name])
+    y_n, s_n = memorize_naive(mem, *x.args(), **kw)
+    g_n = _grads(y_n, params)
+    with mock.patch.object(chunk_module, "readout_chunk", wraps=chunk_module.readout_chunk) as spy:
+        y_p, s_p = memorize(mem, *x.args(), **kw)
+    assert spy.called, "the dual-form path was not taken"
+    assert_close(y_p, y_n)
+    assert_states_close(s_p, s_n)
+    for a, b in zip(_grads(y_p, params), g_n):
+        assert_close(a, b)
+    cut = min(cut, seq)
+    ys, state = [], None
+    for s, e in ((0, cut), (cut, seq)):
+        if s < e:
+            y, state = memorize(mem, *x.cut(s, e).args(), state=state, **kw)
+            ys.append(y)
+    y_s = torch.cat(ys, dim=2)
+    assert_close(y_s, y_n)
+    assert_states_close(state, s_n)
+    for a, b in zip(_grads(y_s, params), g_n):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("fn", [memorize, memorize_naive])
+@pytest.mark.parametrize("name", ["lq", "kl", "elastic"])
+def test_chunk_readout_is_the_token_readout_at_chunk_size_one_only(fn, name: str) -> None:  # noqa: ANN001
+    """At chunk size 1 every token ends its chunk: the per-chunk readout is the per-token rule;
+    at chunk size 4 the tokens inside a chunk read the expansion, which differs."""
+    mem = make_memory("mlp2", 4, 3)
+    x = make_inputs(3, 1, 2, 9, 4, lr_scale=0.5)
+    per_token = RETENTIONS[name]
+    per_chunk = CHUNK_READOUTS[name]
+    y1, s1 = fn(mem, *x.args(), chunk_size=1, retention=per_chunk)
+    y0, s0 = fn(mem, *x.args(), chunk_size=1, retention=per_token)
+    assert_close(y1, y0)
+    assert_states_close(s1, s0)
+    y4, s4 = fn(mem, *x.args(), chunk_size=4, retention=per_chunk)
+    y4_token, s4_token = fn(mem, *x.args(), chunk_size=4, retention=per_token)
+    assert_states_close(s4, s4_token)  # the readout changes what is read, not what is written
+    inside = [t for t in range(9) if (t + 1) % 4 != 0]
+    ends = [3, 7]
+    assert_close(y4[:, :, ends], y4_token[:, :, ends])
+    assert (y4[:, :, inside] - y4_token[:, :, inside]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(CHUNK_READOUTS))
+def test_expansions_match_the_materialised_derivative(name: str) -> None:
+    """Each retention's written-out derivative and contracted dual-form read against forward-mode
+    autograd of its readout (:class:`MaterialisedExpansion` over the base class's ``tangent``)."""
+    r = CHUNK_READOUTS[name]
+    g = torch.Generator().manual_seed(1)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    a, m = rand(2, 3, 5, 4), rand(2, 3, 5, 4)
+    reference = torch.func.jvp(lambda z: r.readout(z, 2), (a,), (m,))[1]
+    assert_close(r.tangent(a, m, 2), reference, 1e-12)
+    assert_close(Retention.tangent(r, a, m, 2), reference, 1e-12)  # the base class's, by autograd
+    delta, xs, mix, h = rand(2, 3, 6, 5), rand(2, 3, 6, 4), rand(2, 3, 7, 6), rand(2, 3, 7, 4)
+    dense = [(rand(2, 3, 7, 1), rand(2, 3, 5, 4)), (None, rand(2, 3, 5, 4))]
+    slow = Retention.expand(r, a)
+    assert isinstance(slow, MaterialisedExpansion)
+    fast = r.expand(a)
+    assert_close(fast.read_point(h), h @ r.readout(a, 2).mT, 1e-12)
+    assert_close(fast.read(h, dense, delta, xs, mix), slow.read(h, dense, delta, xs, mix), 1e-12)
+    # and the slow reference against a loop over rows that builds each J[M_t] (M_t summed first)
+    expected = []
+    for t in range(7):
+        direction = dense[0][0][..., t, :, None] * dense[0][1] + dense[1][1]
+        direction = direction + (mix[..., t, :, None, None] * delta[..., :, :, None] * xs[..., :, None, :]).sum(-3)
+        w = r.readout(a, 2) + torch.func.jvp(lambda z: r.readout(z, 2), (a,), (direction,))[1]
+        expected.append((w @ h[..., t, :, None]).squeeze(-1))
+    assert_close(slow.read(h, dense, delta, xs, mix), torch.stack(expected, dim=-2), 1e-12)
+
+
+def test_per_chunk_must_be_a_bool() -> None:
+    for cls in (LqNormalization, KLRetention, ElasticNet, L2Decay):
+        with pytest.raises(TypeError, match="per_chunk"):
+            cls(per_chunk="yes")
+    assert LqNormalization(4.0).q == 4.0 and not LqNormalization(4.0).per_chunk  # keyword only
 
 
 def test_design_arguments_are_checked() -> None:

@@ -50,6 +50,7 @@ from memory_blocks.functional.memorize_op.generic_chunk import generic_chunk
 from memory_blocks.functional.memorize_op.fused_block import fused_block
 from memory_blocks.functional.losses import is_squared_error, squared_error
 from memory_blocks.functional.memorize_op.recompute import recompute_block
+from memory_blocks.functional.memorize_op.readout_chunk import readout_chunk
 from memory_blocks.functional.memorize_op.recurrence import ChunkCoefficients, chunk_coefficients
 from memory_blocks.functional.state import MemoryState
 from memory_blocks.functional.validate import check_forget_target, check_memorize_args
@@ -273,6 +274,11 @@ def _memorize_extended(
     # (Always seen through Retained, whose ``factored`` is false: the recompute of a block then
     # keeps plain autograd instead of a weight tape.)
     factored = design.retention is None and memory.factored
+    # A per-chunk readout keeps a built-in memory's dual form too (one chunk at a time).
+    expanded = (
+        design.retention is not None and design.retention.per_chunk and memory.factored and not windowed
+        and design.steps == 0
+    )
     mem: Any = Retained(memory, design.retention)
     base = None
     if forget_target == "init" and decay is not None:
@@ -286,9 +292,8 @@ def _memorize_extended(
         lr_keys = {n: "" for n in lr_map}
         lr_tensors = {"": lr_map[next(iter(lr_map))]}
     segments, coefficients = _plan(state.offset, seq, chunk_size, chunk_size, lr_tensors, momentum, decay)
-    step = functools.partial(
-        factored_extended_chunk if factored else extended_chunk, newton_schulz_steps=design.steps
-    )
+    kind = readout_chunk if expanded else factored_extended_chunk if factored else extended_chunk
+    step = functools.partial(kind, newton_schulz_steps=design.steps)
     create_graph = torch.is_grad_enabled()
     ends_mid_chunk = (state.offset + seq) % chunk_size != 0
     weights, mom = dict(state.weights), dict(state.momentum)

@@ -69,6 +69,23 @@ class Retained:
             return acc
         return {n: self.retention.readout(a, self._ndim[n]) for n, a in acc.items()}
 
+    @property
+    def per_chunk(self) -> bool:
+        """Whether the readout is expanded at each chunk's start (``Retention.per_chunk``)."""
+        return self.retention is not None and self.retention.per_chunk
+
+    def expanded(self, start: Weights, acc: Weights) -> Weights:
+        """``phi(A_0) + J_phi(A_0)[A - A_0]`` per name; ``start`` (``A_0``) broadcasts over the
+        extra leading dimensions of ``acc`` (the per-chunk readout inside a chunk)."""
+        if self.retention is None:
+            return acc
+        out = {}
+        for n, a in acc.items():
+            a0 = start[n].reshape(*start[n].shape[:2], *([1] * (a.ndim - start[n].ndim)), *start[n].shape[2:])
+            nd = self._ndim[n]
+            out[n] = self.retention.readout(a0, nd) + self.retention.tangent(a0, a - a0, nd)
+        return out
+
     def forward_ops(self, ops: Any, x: Tensor) -> Tensor:
         """The wrapped model's forward on ``ops`` (the dual form): only without a readout."""
         if self.retention is not None:
@@ -80,6 +97,19 @@ class Retained:
 
     def forward_with(self, weights: Weights, x: Tensor) -> Tensor:
         return self.memory.forward_with(self.readout(weights), x)
+
+
+def accumulator(memory: Any, d: Weights) -> Weights:
+    """The accumulator ``A`` of coordinates ``d`` (``W_0 + d`` for an :class:`Anchored` memory)."""
+    if isinstance(memory, Anchored):
+        return {n: memory.base[n] + t for n, t in d.items()}
+    return d
+
+
+def retained(memory: Any) -> Retained | None:
+    """The :class:`Retained` view inside ``memory`` (under :class:`Anchored`), or ``None``."""
+    inner = memory.memory if isinstance(memory, Anchored) else memory
+    return inner if isinstance(inner, Retained) else None
 
 
 def weight_view(memory: Any) -> tuple[Any, Callable[[Weights], Weights]]:
@@ -185,7 +215,16 @@ def extended_chunk(
     def read(w: Weights, query: Tensor) -> Tensor:
         return raw.forward_single(w, query.unsqueeze(0)).squeeze(0)
 
-    y = vmap(vmap(vmap(read)))(to_weights(token_weights), q)
+    view = retained(memory)
+    if view is not None and view.per_chunk:
+        # Inside the chunk the readout's expansion at the chunk start; its last token exact.
+        read_weights = view.expanded(accumulator(memory, anchor), accumulator(memory, token_weights))
+        if not need_last_anchor:
+            last = to_weights({n: tw[:, :, -1] for n, tw in token_weights.items()})
+            read_weights = {n: torch.cat([w[:, :, :-1], last[n].unsqueeze(2)], dim=2) for n, w in read_weights.items()}
+    else:
+        read_weights = to_weights(token_weights)
+    y = vmap(vmap(vmap(read)))(read_weights, q)
     new_weights = {n: tw[:, :, -1] for n, tw in token_weights.items()}
     return y, new_weights, new_momentum, anchor if need_last_anchor else None
 

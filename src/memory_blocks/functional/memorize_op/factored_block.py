@@ -26,13 +26,14 @@ from memory_blocks.functional.memorize_op.fast_ops import (
 )
 from memory_blocks.functional.memorize_op.recurrence import (
     ChunkCoefficients,
+    Update,
     momentum_at_end,
     weights_at,
 )
 from memory_blocks.functional.memorize_op.weight_tape import plain_read
 from memory_blocks.functional.memorize_op.weight_update import decayed_update
 
-__all__ = ["factored_block", "subtract_gradients"]
+__all__ = ["factored_block", "factored_update", "subtract_gradients"]
 
 Weights = dict[str, Tensor]
 
@@ -52,6 +53,24 @@ def subtract_gradients(base: Tensor, factor: Factor, c: Tensor) -> Tensor:
         return out.view(*lead, *out.shape[-2:])
     (g,) = factor
     return base - (c.unsqueeze(-2) @ g).squeeze(-2)
+
+
+def factored_update(factors: dict[str, Factor]) -> Update:
+    """The :data:`Update` of weights whose tokens' gradients are ``factors``:
+    ``beta W + gamma S - sum_i c_i g_i``, fused for a matrix."""
+
+    def update(
+        name: str, w: Tensor, beta: Tensor | None, s: Tensor | None, gamma: Tensor | None, c: Tensor
+    ) -> Tensor:
+        factor = factors[name]
+        if len(factor) == 2:
+            return decayed_update(w, beta, s, gamma, factor[0], factor[1], c)
+        base = w if beta is None else beta[..., None] * w
+        if s is not None and gamma is not None:
+            base = base + gamma[..., None] * s
+        return subtract_gradients(base, factor, c)
+
+    return update
 
 
 def _cat(parts: list[dict[str, Factor]]) -> dict[str, Factor]:
@@ -123,17 +142,7 @@ def factored_block(
     factors = _cat(parts)
     y = memory.forward_ops(DualOps(weights, mom, coef.beta, coef.gamma, mix, factors, read), q)
 
-    def update(
-        name: str, w: Tensor, beta: Tensor | None, s: Tensor | None, gamma: Tensor | None, c: Tensor
-    ) -> Tensor:
-        factor = factors[name]
-        if len(factor) == 2:
-            return decayed_update(w, beta, s, gamma, factor[0], factor[1], c)
-        base = w if beta is None else beta[..., None] * w
-        if s is not None and gamma is not None:
-            base = base + gamma[..., None] * s
-        return subtract_gradients(base, factor, c)
-
+    update = factored_update(factors)
     new_weights = weights_at(weights, momentum, coef, lr_keys, n - 1, update=update)
     new_momentum = momentum_at_end(momentum, coef, lr_keys, update=update)
     last_anchor = None

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from torch.func import jvp
 
 from memory_blocks.functional.losses import squared_error
 from memory_blocks.functional.memorize_op.design_args import check_design_args, start_window
@@ -82,6 +83,8 @@ def memorize_naive(
 
         G_t = sum_{i=t-c+1..t} gamma_i grad_W l(W_{t0}; k_i, v_i)   (Omega rule; c = 1, gamma = 1: g_t)
         A_t = T + (1 - alpha_t) (A_{t-1} - T) + S_t,  W_t = phi(A_t)  (retention readout phi)
+        per_chunk readout: y_t reads phi(A_{t0}) + J_phi(A_{t0})[A_t - A_{t0}] inside a chunk,
+                           phi(A_t) at the chunk's last token
         Muon: A_t = T + (1 - alpha_t) (A_{t-1} - T), plus C * orth(S_t) at a chunk's last token
 
     where every gradient is taken with respect to ``W`` at ``W_{t0} = phi(A_{t0})``.
@@ -159,6 +162,18 @@ def memorize_naive(
             return acc
         return {n: design.retention.readout(a, a.ndim - 2) for n, a in acc.items()}
 
+    def read_weights(acc: dict[str, Tensor], start: dict[str, Tensor], chunk_end: bool) -> dict[str, Tensor]:
+        """What token t reads: ``phi(A_t)``, or inside a chunk with a per-chunk readout the
+        first-order expansion at the chunk's start (forward-mode autograd of ``phi``)."""
+        r = design.retention
+        if r is None or not r.per_chunk or chunk_end:
+            return readout(acc)
+        out = {}
+        for n, a in acc.items():
+            at_start, change = jvp(lambda z, d=a.ndim - 2: r.readout(z, d), (start[n].contiguous(),), ((a - start[n]).contiguous(),))
+            out[n] = at_start + change
+        return out
+
     create_graph = torch.is_grad_enabled()
     weights = dict(state.weights)
     mom = dict(state.momentum)
@@ -199,7 +214,7 @@ def memorize_naive(
                 keep = target[name] + (1 - _per_head(decay[:, :, t], w)) * (w - target[name])
             new_weights[name] = keep if step is None else keep + step
         weights = new_weights
-        ys.append(memory.forward_with(readout(weights), q[:, :, t : t + 1]))
+        ys.append(memory.forward_with(read_weights(weights, anchor, chunk_end), q[:, :, t : t + 1]))
     offset = (state.offset + seq) % chunk_size
     window = None
     if c > 1:

@@ -1,0 +1,157 @@
+"""A retention's readout expanded at one accumulator, read in the dual form.
+
+For a matrix accumulator ``A`` (the chunk's start) and the readout ``phi`` of a retention, an
+expansion reads rows ``h_t`` through
+
+    phi(A) h_t + sum_k c_k[t] J[M_k] h_t + sum_j mix[t, j] J[delta_j x_j^T] h_t
+
+(``J = J_phi(A)``): the per-chunk readout of :mod:`memory_blocks.retention`, where the ``M_k``
+are a few full directions (the start weights, the momentum) and the ``delta_j x_j^T`` a chunk's
+factored gradients. Each class computes what it needs of ``A`` once (the norm and its gradient,
+the row softmax, the threshold mask) and never builds a matrix per row.
+
+Shapes: ``A`` is ``(*lead, dim_out, dim_in)``; rows ``h`` are ``(*lead, rows, dim_in)``; the
+coefficients ``c_k`` are ``(*lead, rows, 1)`` (or ``None`` for 1); ``delta`` and ``x`` are
+``(*lead, src, dim_out)`` and ``(*lead, src, dim_in)``; ``mix`` is ``(*lead, rows, src)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["Expansion", "LqExpansion", "MaskExpansion", "MaterialisedExpansion", "SoftmaxExpansion"]
+
+#: Full directions ``M_k`` with their per-row coefficients ``c_k`` (``None``: 1).
+Dense = Sequence[tuple[Tensor | None, Tensor]]
+
+
+def _scaled(c: Tensor | None, t: Tensor) -> Tensor:
+    return t if c is None else c * t
+
+
+def _dual(delta: Tensor, x: Tensor, mix: Tensor, h: Tensor) -> Tensor:
+    """``sum_j mix[t, j] (x_j . h_t) delta_j``."""
+    return ((h @ x.mT) * mix) @ delta
+
+
+def _pairs(mat: Tensor, delta: Tensor, x: Tensor, mix: Tensor, h: Tensor) -> Tensor:
+    """``sum_j mix[t, j] delta_j * (mat (x_j * h_t))``: reads of ``mat * (delta_j x_j^T)`` (an
+    entry-wise product with a fixed matrix), one product over all (row, source) pairs."""
+    pairs = h.unsqueeze(-2) * x.unsqueeze(-3)  # (*lead, rows, src, in)
+    z = (pairs.flatten(-3, -2) @ mat.mT).unflatten(-2, pairs.shape[-3:-1])  # (*lead, rows, src, out)
+    return ((mix.unsqueeze(-1) * delta.unsqueeze(-3)) * z).sum(-2)
+
+
+class Expansion:
+    """Base class: ``read_point(h)`` and ``read(h, dense, delta, x, mix)`` (module docstring)."""
+
+    def read_point(self, h: Tensor) -> Tensor:
+        """``phi(A) h``."""
+        raise NotImplementedError
+
+    def read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+        """The expansion's read of every row (module docstring)."""
+        raise NotImplementedError
+
+
+class MaterialisedExpansion(Expansion):
+    """Any readout, through its materialised value and derivative (slow; the reference).
+
+    Args:
+        a: the accumulator.
+        readout: ``A -> phi(A)``.
+        tangent: ``(A, M) -> J_phi(A)[M]`` (``M`` broadcasts against ``A``).
+    """
+
+    def __init__(self, a: Tensor, readout: Callable[[Tensor], Tensor], tangent: Callable[[Tensor, Tensor], Tensor]) -> None:
+        self.a, self._tangent = a, tangent
+        self.weight = readout(a)
+
+    def read_point(self, h: Tensor) -> Tensor:
+        """``phi(A) h``."""
+        return h @ self.weight.mT
+
+    def read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+        """The expansion's read of every row (module docstring)."""
+        y = self.read_point(h)
+        for c, m in dense:
+            y = y + _scaled(c, h @ self._tangent(self.a, m).mT)
+        outer = delta.unsqueeze(-1) * x.unsqueeze(-2)  # (*lead, src, out, in)
+        jac = self._tangent(self.a.unsqueeze(-3), outer)
+        return y + torch.einsum("...tj,...joi,...ti->...to", mix, jac, h)
+
+
+class LqExpansion(Expansion):
+    """``phi(A) = A / s``, ``s = (||A||_q^q + eps)^((q - 2) / q)``: ``J[M] = M / s - A <g, M> / s^2``
+    with ``g = ds/dA``; a read is the dual form over ``1 / s`` and one scalar per direction."""
+
+    def __init__(self, a: Tensor, q: float, eps: float) -> None:
+        self.a, self.q = a, q
+        # |A|^(q - 2), shared by the norm and its gradient (a square at MIRAS' q = 4)
+        self._power = a.square() if q == 4 else a.abs().pow(q - 2)
+        total = (self._power * a.square()).sum(dim=(-2, -1), keepdim=True) + eps
+        self._total = total
+        self.s = total.pow((q - 2) / q)
+        self._g: Tensor | None = None
+
+    @property
+    def g(self) -> Tensor:
+        """``ds/dA = (q - 2) (||A||_q^q + eps)^(-2 / q) A |A|^(q - 2)`` (built on first use)."""
+        if self._g is None:
+            self._g = ((self.q - 2) * self._total.pow(-2 / self.q)) * (self.a * self._power)
+        return self._g
+
+    def read_point(self, h: Tensor) -> Tensor:
+        """``phi(A) h``."""
+        return (h @ self.a.mT) / self.s
+
+    def read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+        """The expansion's read of every row (module docstring)."""
+        ha = h @ self.a.mT
+        linear = _dual(delta, x, mix, h)
+        inner = mix @ ((delta @ self.g) * x).sum(-1, keepdim=True)  # (*lead, rows, 1)
+        for c, m in dense:
+            linear = linear + _scaled(c, h @ m.mT)
+            inner = inner + _scaled(c, torch.einsum("...ij,...ij->...", self.g, m)[..., None, None])
+        return (ha + linear) / self.s - ha * (inner / self.s.square())
+
+
+class SoftmaxExpansion(Expansion):
+    """``phi(A) = c softmax(A)`` per row (``P``): ``J[M] = c (P * M - P * rowsum(P * M))``."""
+
+    def __init__(self, a: Tensor, scale: float) -> None:
+        self.p, self.c = torch.softmax(a, dim=-1), scale
+
+    def read_point(self, h: Tensor) -> Tensor:
+        """``phi(A) h``."""
+        return self.c * (h @ self.p.mT)
+
+    def read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+        """The expansion's read of every row (module docstring)."""
+        hp = h @ self.p.mT
+        y = hp - hp * (mix @ (delta * (x @ self.p.mT))) + _pairs(self.p, delta, x, mix, h)
+        for c, m in dense:
+            pm = self.p * m
+            y = y + _scaled(c, h @ pm.mT - hp * pm.sum(-1).unsqueeze(-2))
+        return self.c * y
+
+
+class MaskExpansion(Expansion):
+    """``phi`` with an entry-wise derivative ``J[M] = mask * M`` (the soft threshold's)."""
+
+    def __init__(self, weight: Tensor, mask: Tensor) -> None:
+        self.weight, self.mask = weight, mask
+
+    def read_point(self, h: Tensor) -> Tensor:
+        """``phi(A) h``."""
+        return h @ self.weight.mT
+
+    def read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+        """The expansion's read of every row (module docstring)."""
+        y = self.read_point(h) + _pairs(self.mask, delta, x, mix, h)
+        for c, m in dense:
+            y = y + _scaled(c, h @ (self.mask * m).mT)
+        return y
