@@ -77,7 +77,7 @@ class TitansConfig:
             ``"token"`` (default: every token reads ``phi(A_t)``, the recurrence as written) or
             ``"chunk"`` (inside a chunk its first-order expansion at the chunk's start, exact at
             the chunk's end: MIRAS' chunk-wise form, many times faster; ``Retention.per_chunk``).
-            The Moneta and Memora recipes set ``"chunk"``.
+            The Memora recipe sets ``"chunk"``.
         feature_map: a name in ``registry.FEATURE_MAPS`` (``"identity"``, default, or
             ``"polynomial"``) applied to the memory's queries and keys.
         feature_map_kwargs: keyword arguments of the feature map (e.g. ``{"degree": 2}``).

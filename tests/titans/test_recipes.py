@@ -39,10 +39,11 @@ def test_recipes_build_their_components() -> None:
     assert layers["moneta"].objective.p == 3.0
     assert layers["yaad"].objective.delta == 1.0 and isinstance(layers["yaad"].retention, L2Decay)
     assert isinstance(layers["memora"].retention, KLRetention)
-    # MIRAS' chunk-wise readout for the two nonlinear retentions; the per-token rule one field away
-    assert layers["moneta"].retention.per_chunk and layers["memora"].retention.per_chunk
-    token = build_memory(dataclasses.replace(_config("moneta"), retention_readout="token"))
-    assert not token.retention.per_chunk
+    # Memora reads its retention per chunk (MIRAS' chunk-wise form), Moneta per token; each is
+    # one field away from the other
+    assert layers["memora"].retention.per_chunk and not layers["moneta"].retention.per_chunk
+    assert not build_memory(dataclasses.replace(_config("memora"), retention_readout="token")).retention.per_chunk
+    assert build_memory(dataclasses.replace(_config("moneta"), retention_readout="chunk")).retention.per_chunk
     atlas = layers["atlas"]
     assert isinstance(atlas.optimizer, Muon) and atlas.omega_window == 4 and atlas.omega_gate is not None
     assert isinstance(atlas.feature_map, PolynomialFeatures) and atlas.feature_map.degree == 2

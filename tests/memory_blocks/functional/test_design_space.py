@@ -250,10 +250,15 @@ def test_chunk_readout_dual_form_equals_naive(
 ) -> None:
     """The per-chunk readout of a built-in memory runs in the dual form (``readout_chunk``, no
     per-token weights) and equals the token loop, which expands ``phi`` with forward-mode
-    autograd: in one call and in two streamed pieces, gradients of the memory's weights included."""
+    autograd: in one call and in two streamed pieces, gradients of the inputs, the gates and the
+    memory's weights included."""
     mem = make_memory(kind, 4, seed)
-    params = list(mem.parameters())
     x = make_inputs(seed, 2, 2, seq, 4, lr_scale=0.3, momentum=momentum)
+    for field in ("q", "k", "v", "lr", "momentum", "decay"):  # gradients of the inputs and gates too
+        t = getattr(x, field)
+        if t is not None:
+            setattr(x, field, t.clone().requires_grad_())
+    params = [t for t in x.args() if t is not None] + list(mem.parameters())
     kw = dict(chunk_size=chunk, forget_target=forget, retention=CHUNK_READOUTS[name])
     y_n, s_n = memorize_naive(mem, *x.args(), **kw)
     g_n = _grads(y_n, params)
