@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 __all__ = ["Expansion", "LqExpansion", "MaskExpansion", "MaterialisedExpansion", "SoftmaxExpansion"]
@@ -48,11 +49,18 @@ def _pairs(mat: Tensor, delta: Tensor, x: Tensor, mix: Tensor, h: Tensor) -> Ten
 class Expansion:
     """Base class: ``read_point(h)`` and ``read(h, dense, delta, x, mix)`` (module docstring)."""
 
-    def read_point(self, h: Tensor) -> Tensor:
+    def read_point(self, h: Float[Tensor, "*lead rows dim_in"]) -> Float[Tensor, "*lead rows dim_out"]:
         """``phi(A) h``."""
         raise NotImplementedError
 
-    def read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+    def read(
+        self,
+        h: Float[Tensor, "*lead rows dim_in"],
+        dense: Dense,
+        delta: Float[Tensor, "*lead src dim_out"],
+        x: Float[Tensor, "*lead src dim_in"],
+        mix: Float[Tensor, "*lead rows src"],
+    ) -> Float[Tensor, "*lead rows dim_out"]:
         """The expansion's read of every row (module docstring)."""
         raise NotImplementedError
 
@@ -70,11 +78,18 @@ class MaterialisedExpansion(Expansion):
         self.a, self._tangent = a, tangent
         self.weight = readout(a)
 
-    def read_point(self, h: Tensor) -> Tensor:
+    def read_point(self, h: Float[Tensor, "*lead rows dim_in"]) -> Float[Tensor, "*lead rows dim_out"]:
         """``phi(A) h``."""
         return h @ self.weight.mT
 
-    def read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+    def read(
+        self,
+        h: Float[Tensor, "*lead rows dim_in"],
+        dense: Dense,
+        delta: Float[Tensor, "*lead src dim_out"],
+        x: Float[Tensor, "*lead src dim_in"],
+        mix: Float[Tensor, "*lead rows src"],
+    ) -> Float[Tensor, "*lead rows dim_out"]:
         """The expansion's read of every row (module docstring)."""
         y = self.read_point(h)
         for c, m in dense:
@@ -104,11 +119,18 @@ class LqExpansion(Expansion):
             self._g = ((self.q - 2) * self._total.pow(-2 / self.q)) * (self.a * self._power)
         return self._g
 
-    def read_point(self, h: Tensor) -> Tensor:
+    def read_point(self, h: Float[Tensor, "*lead rows dim_in"]) -> Float[Tensor, "*lead rows dim_out"]:
         """``phi(A) h``."""
         return (h @ self.a.mT) / self.s
 
-    def read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+    def read(
+        self,
+        h: Float[Tensor, "*lead rows dim_in"],
+        dense: Dense,
+        delta: Float[Tensor, "*lead src dim_out"],
+        x: Float[Tensor, "*lead src dim_in"],
+        mix: Float[Tensor, "*lead rows src"],
+    ) -> Float[Tensor, "*lead rows dim_out"]:
         """The expansion's read of every row (module docstring)."""
         ha = h @ self.a.mT
         linear = _dual(delta, x, mix, h)
@@ -125,11 +147,18 @@ class SoftmaxExpansion(Expansion):
     def __init__(self, a: Tensor, scale: float) -> None:
         self.p, self.c = torch.softmax(a, dim=-1), scale
 
-    def read_point(self, h: Tensor) -> Tensor:
+    def read_point(self, h: Float[Tensor, "*lead rows dim_in"]) -> Float[Tensor, "*lead rows dim_out"]:
         """``phi(A) h``."""
         return self.c * (h @ self.p.mT)
 
-    def read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+    def read(
+        self,
+        h: Float[Tensor, "*lead rows dim_in"],
+        dense: Dense,
+        delta: Float[Tensor, "*lead src dim_out"],
+        x: Float[Tensor, "*lead src dim_in"],
+        mix: Float[Tensor, "*lead rows src"],
+    ) -> Float[Tensor, "*lead rows dim_out"]:
         """The expansion's read of every row (module docstring)."""
         hp = h @ self.p.mT
         y = hp - hp * (mix @ (delta * (x @ self.p.mT))) + _pairs(self.p, delta, x, mix, h)
@@ -145,11 +174,18 @@ class MaskExpansion(Expansion):
     def __init__(self, weight: Tensor, mask: Tensor) -> None:
         self.weight, self.mask = weight, mask
 
-    def read_point(self, h: Tensor) -> Tensor:
+    def read_point(self, h: Float[Tensor, "*lead rows dim_in"]) -> Float[Tensor, "*lead rows dim_out"]:
         """``phi(A) h``."""
         return h @ self.weight.mT
 
-    def read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+    def read(
+        self,
+        h: Float[Tensor, "*lead rows dim_in"],
+        dense: Dense,
+        delta: Float[Tensor, "*lead src dim_out"],
+        x: Float[Tensor, "*lead src dim_in"],
+        mix: Float[Tensor, "*lead rows src"],
+    ) -> Float[Tensor, "*lead rows dim_out"]:
         """The expansion's read of every row (module docstring)."""
         y = self.read_point(h) + _pairs(self.mask, delta, x, mix, h)
         for c, m in dense:
