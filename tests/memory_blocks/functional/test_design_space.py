@@ -67,6 +67,27 @@ def _grads(y: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
     return list(torch.autograd.grad((y * weight).sum(), params))
 
 
+def _assert_matches(y, state, y_n, s_n, params, g_n) -> None:  # noqa: ANN001
+    """Outputs, state and the gradients of ``params`` equal the token loop's."""
+    assert_close(y, y_n)
+    assert_states_close(state, s_n)
+    for a, b in zip(_grads(y, params), g_n):
+        assert_close(a, b)
+
+
+def _in_two_pieces(mem, x, cut: int, kwargs_for):  # noqa: ANN001, ANN202
+    """``memorize`` over ``[0, cut)`` then ``[cut, seq)``, carrying the state; ``kwargs_for(s, e)``
+    gives each piece's keyword arguments. Returns the joined outputs and the last state."""
+    seq = x.q.shape[2]
+    cut = min(cut, seq)
+    ys, state = [], None
+    for s, e in ((0, cut), (cut, seq)):
+        if s < e:
+            y, state = memorize(mem, *x.cut(s, e).args(), state=state, **kwargs_for(s, e))
+            ys.append(y)
+    return torch.cat(ys, dim=2), state
+
+
 @pytest.mark.parametrize("kind", ["linear_bias", "mlp2", "module"])
 @settings(max_examples=6, deadline=None)
 @given(
@@ -89,27 +110,13 @@ def test_parallel_equals_naive_in_pieces_with_gradients(
     y_n, s_n = memorize_naive(mem, *x.args(), **_kwargs(rule, retention, omega, forget, chunk))
     g_n = _grads(y_n, params)
     y_p, s_p = memorize(mem, *x.args(), **_kwargs(rule, retention, omega, forget, chunk))
-    assert_close(y_p, y_n)
-    assert_states_close(s_p, s_n)
-    for a, b in zip(_grads(y_p, params), g_n):
-        assert_close(a, b)
+    _assert_matches(y_p, s_p, y_n, s_n, params, g_n)
     # Streaming: two pieces, carrying the state (and its Omega window), equal one call.
-    cut = min(cut, seq)
-    ys, state = [], None
-    for s, e in ((0, cut), (cut, seq)):
-        if s == e:
-            continue
-        kw = _kwargs(rule, retention, omega[:, :, s:e], forget, chunk)
-        y, state = memorize(mem, *x.cut(s, e).args(), state=state, **kw)
-        ys.append(y)
-    y_s = torch.cat(ys, dim=2)
-    assert_close(y_s, y_n)
-    assert_states_close(state, s_n)
+    y_s, state = _in_two_pieces(mem, x, cut, lambda s, e: _kwargs(rule, retention, omega[:, :, s:e], forget, chunk))
+    _assert_matches(y_s, state, y_n, s_n, params, g_n)
     if RULES[rule][0] > 1:
         for key in ("k", "v", "weight"):
             assert_close(state.window[key], s_n.window[key])
-    for a, b in zip(_grads(y_s, params), g_n):
-        assert_close(a, b)
 
 
 @pytest.mark.parametrize("fn", [memorize, memorize_naive])
@@ -265,21 +272,9 @@ def test_chunk_readout_dual_form_equals_naive(
     with mock.patch.object(chunk_module, "readout_chunk", wraps=chunk_module.readout_chunk) as spy:
         y_p, s_p = memorize(mem, *x.args(), **kw)
     assert spy.called, "the dual-form path was not taken"
-    assert_close(y_p, y_n)
-    assert_states_close(s_p, s_n)
-    for a, b in zip(_grads(y_p, params), g_n):
-        assert_close(a, b)
-    cut = min(cut, seq)
-    ys, state = [], None
-    for s, e in ((0, cut), (cut, seq)):
-        if s < e:
-            y, state = memorize(mem, *x.cut(s, e).args(), state=state, **kw)
-            ys.append(y)
-    y_s = torch.cat(ys, dim=2)
-    assert_close(y_s, y_n)
-    assert_states_close(state, s_n)
-    for a, b in zip(_grads(y_s, params), g_n):
-        assert_close(a, b)
+    _assert_matches(y_p, s_p, y_n, s_n, params, g_n)
+    y_s, state = _in_two_pieces(mem, x, cut, lambda s, e: kw)
+    _assert_matches(y_s, state, y_n, s_n, params, g_n)
 
 
 @pytest.mark.parametrize("fn", [memorize, memorize_naive])

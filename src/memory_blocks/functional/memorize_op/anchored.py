@@ -58,14 +58,15 @@ class Anchored:
     def forward_ops(self, ops: Any, x: Tensor) -> Tensor:
         return self.memory.forward_ops(ShiftedOps(ops, self.base), x)
 
-    def _shift(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    def shift(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``W_0 + D`` per name: the weights of displacement coordinates ``D``."""
         return {n: self.base[n] + d for n, d in weights.items()}
 
     def forward_single(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
-        return self.memory.forward_single(self._shift(weights), x)
+        return self.memory.forward_single(self.shift(weights), x)
 
     def forward_with(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
-        return self.memory.forward_with(self._shift(weights), x)
+        return self.memory.forward_with(self.shift(weights), x)
 
 
 def _shifted(state: MemoryState, base: dict[str, Tensor], sign: int) -> MemoryState:

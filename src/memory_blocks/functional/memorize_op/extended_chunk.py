@@ -101,9 +101,7 @@ class Retained:
 
 def accumulator(memory: Any, d: Weights) -> Weights:
     """The accumulator ``A`` of coordinates ``d`` (``W_0 + d`` for an :class:`Anchored` memory)."""
-    if isinstance(memory, Anchored):
-        return {n: memory.base[n] + t for n, t in d.items()}
-    return d
+    return memory.shift(d) if isinstance(memory, Anchored) else d
 
 
 def retained(memory: Any) -> Retained | None:
@@ -117,8 +115,7 @@ def weight_view(memory: Any) -> tuple[Any, Callable[[Weights], Weights]]:
     :class:`~memory_blocks.functional.memorize_op.anchored.Anchored` and/or :class:`Retained`."""
     if isinstance(memory, Anchored):
         raw, inner = weight_view(memory.memory)
-        base = memory.base
-        return raw, lambda d: inner({n: base[n] + t for n, t in d.items()})
+        return raw, lambda d: inner(memory.shift(d))
     if isinstance(memory, Retained):
         return memory.memory, memory.readout
     return memory, lambda w: w
