@@ -52,7 +52,7 @@ MODEL = dict(vocab_size=64, dim=64, depth=2, heads=2, ffn_hidden=128, window=16,
 #: The ablation's base: the memory writes the segment's inputs, a normalised gate, N_l = segment,
 #: the memory tokens as retrieved.
 BASE = dict(mac_write="input", combine="normalized", num_memory_tokens=None, mac_memory_positions="prefix",
-            mac_retrieve_query="shared", mac_memory_norm="none", num_persistent=4)
+            mac_retrieve_query="shared", mac_memory_norm="none", num_persistent=4, decay_gate_max=1.0)
 #: MAC as first built: one literal reading of eqs. 23-25.
 PAPER = {**BASE, "mac_write": "attention", "combine": "product"}
 #: One decision changed at a time from the base.
@@ -69,6 +69,8 @@ CHANGES = {
     "memory_norm=rms": dict(mac_memory_norm="rms"),
     "memory_norm=rms_zero": dict(mac_memory_norm="rms_zero"),
     "memory_norm=gain": dict(mac_memory_norm="gain"),
+    "decay=none": dict(decay_gate=None, decay_gate_max=None),
+    "decay_max=1e-3": dict(decay_gate_max=1e-3),
 }
 TASKS = {
     "mqar": lambda: MQAR(vocab_size=64, num_pairs=4),
@@ -97,7 +99,7 @@ def label(run: RunSpec) -> str:
 def mac_default() -> TitansConfig:
     """MAC at ``TitansConfig``'s defaults in the ablation's model, its gate named as the runs name it."""
     default = TitansConfig(variant="mac", **MODEL)
-    return dataclasses.replace(default, combine=default.resolved_combine)
+    return dataclasses.replace(default, combine=default.resolved_combine, decay_gate_max=default.resolved_decay_gate_max)
 
 
 def spec(task: str, seed: int, steps: int) -> AblationSpec:

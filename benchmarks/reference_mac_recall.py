@@ -16,7 +16,7 @@ ablation's MQAR instead (each key queried once at a power-law distance, the reca
 issue 16: most queries lie beyond the baseline's reach, the nearest within it). A run whose
 loss or evaluation is not finite is reported as such, never as a recall.
 
-Run: ``python benchmarks/reference_mac_recall.py [--task end|powerlaw] [--steps 300] [--lr 5e-3]
+Run: ``python benchmarks/reference_mac_recall.py [--task end|powerlaw] [--steps 300] [--lr 1e-3]
 [--only reference-mac,swa] [--out runs/reference_mac] [--jobs 2]``. Figures: docs/guides/mac_ablation.md.
 """
 
@@ -55,7 +55,7 @@ TASKS = {
 }
 
 
-def spec(steps: int, seed: int, lr: float = 5e-3, task: str = "end") -> AblationSpec:
+def spec(steps: int, seed: int, lr: float = 1e-3, task: str = "end") -> AblationSpec:
     train = TrainConfig(steps=steps, batch_size=8, seq_len=128, lr=lr, warmup=steps // 10, log_every=25, seed=seed)
     return AblationSpec(task=TASKS[task](), train=train, lengths=(128, 512),
                         runs=runs(),
@@ -66,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=5e-3, help="peak AdamW learning rate (default 5e-3)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")
     parser.add_argument("--task", default="end", choices=sorted(TASKS),
                         help="end: every query in the last 8 positions (default); powerlaw: the ablation's MQAR")
     parser.add_argument("--only", default="", help="comma-separated run names (default: all)")

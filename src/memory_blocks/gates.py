@@ -17,7 +17,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-__all__ = ["ConstantGate", "Gate", "LearnedGate"]
+__all__ = ["ConstantGate", "DECAY_INIT", "Gate", "LearnedGate", "decay_range"]
+
+#: The learned forgetting gate's start value without a ceiling (eq. 13's ``alpha``).
+DECAY_INIT = 0.01
 
 GateOutput = Float[Tensor, "batch heads seq"] | dict[str, Float[Tensor, "batch heads seq"]]
 
@@ -90,6 +93,13 @@ class LearnedGate(Gate):
     def extra_repr(self) -> str:
         names = "" if self.names is None else f", names={list(self.names)}"
         return f"heads={self.heads}, init={self.init}, max_value={self.max_value}{names}"
+
+
+def decay_range(init: float | None, max_value: float | None) -> tuple[float, float]:
+    """The learned forgetting gate's ``(init, max_value)``, ``None`` resolved: a ceiling of 1, a
+    start at ``min(DECAY_INIT, max_value / 10)`` (below the ceiling, whatever it is)."""
+    ceiling = 1.0 if max_value is None else max_value
+    return (min(DECAY_INIT, ceiling / 10) if init is None else init), ceiling
 
 
 class ConstantGate(Gate):

@@ -17,7 +17,7 @@ from memory_blocks.feature_maps import FEATURE_MAPS, FeatureMap, IdentityFeature
 from memory_blocks.functional.memorize_op.chunk import memorize
 from memory_blocks.functional.retrieve import retrieve
 from memory_blocks.functional.state import MemoryState
-from memory_blocks.gates import ConstantGate, Gate, LearnedGate
+from memory_blocks.gates import ConstantGate, Gate, LearnedGate, decay_range
 from memory_blocks.layers.conv import CausalDepthwiseConv
 from memory_blocks.layers.norm import RMSNorm
 from memory_blocks.memories.base import MemoryModel
@@ -167,6 +167,10 @@ class NeuralMemory(nn.Module):
         decay_gate: ``alpha``: as above (default learned, init 0.01), or ``None`` for no
             forgetting; the same range as ``eta``. (A constant ``lr_gate`` must be finite and
             ``>= 0``; its stable range depends on the step scale, docs/guides/stability.md.)
+        decay_init, decay_max: the learned ``alpha``'s value at initialisation and its ceiling
+            (``0 < decay_init < decay_max <= 1``; default: a ceiling of 1 and a start at
+            ``min(0.01, decay_max / 10)``); ``decay_gate="learned"`` only. With ``alpha <= a`` a
+            write keeps at least ``(1 - a)^n`` of itself after ``n`` tokens.
         per_tensor_lr: with the default learned ``lr_gate``, give each fast-weight tensor its
             own learning rate.
         conv_kernel: taps of the causal depthwise convolution after the projections; 0 or
@@ -214,6 +218,8 @@ class NeuralMemory(nn.Module):
         lr_max: float | None = None,
         momentum_gate: Gate | float | str | None = _LEARNED,
         decay_gate: Gate | float | str | None = _LEARNED,
+        decay_init: float | None = None,
+        decay_max: float | None = None,
         per_tensor_lr: bool = False,
         conv_kernel: int | None = 4,
         qkv_silu: bool = True,
@@ -301,7 +307,14 @@ class NeuralMemory(nn.Module):
         self.momentum_gate = (
             self._gate("momentum_gate", momentum_gate, dim, init=0.9) if optimizer.uses_momentum else None
         )
-        self.decay_gate = self._gate("decay_gate", decay_gate, dim, init=0.01)
+        if decay_gate != _LEARNED and (decay_init is not None or decay_max is not None):
+            raise ValueError(
+                f"NeuralMemory: decay_init and decay_max apply to decay_gate='learned' only, got decay_gate={decay_gate!r}"
+            )
+        decay_init, decay_max = decay_range(decay_init, decay_max)
+        if not 0 < decay_max <= 1:
+            raise ValueError(f"NeuralMemory: decay_max must lie in (0, 1], got {decay_max}")
+        self.decay_gate = self._gate("decay_gate", decay_gate, dim, init=decay_init, max_value=decay_max)
         self.omega_gate = LearnedGate(dim, heads, init=0.9) if omega_window > 1 else None
         # The built-in gates and step scales give values in range by construction; only a user's
         # own gate or step scale has its values scanned by memorize (a host sync per call).

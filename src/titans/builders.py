@@ -74,6 +74,8 @@ def build_memory(config: TitansConfig) -> NeuralMemory:
         lr_max=config.lr_gate_max,
         momentum_gate=momentum_gate,
         decay_gate=gate(config.decay_gate),
+        decay_init=config.decay_gate_init,
+        decay_max=config.resolved_decay_gate_max,
         per_tensor_lr=config.per_tensor_lr,
         conv_kernel=config.conv_kernel or None,
         block_chunks=config.memory_block_chunks,

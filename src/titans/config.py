@@ -15,6 +15,7 @@ from typing import Any
 
 from memory_blocks.attention import MEMORY_POSITIONS
 from memory_blocks.functional.validate import check_forget_target
+from memory_blocks.gates import decay_range
 from titans import registry
 from titans.blocks.mac import MAC_MEMORY_NORMS, MAC_WRITES
 from titans.recipes import recipe_fields
@@ -25,6 +26,11 @@ __all__ = ["PRESETS", "TitansConfig"]
 MEMORY_VARIANTS = ("mac", "mag", "mal", "lmm")
 #: The default way each variant merges attention and memory (``combine=None``).
 DEFAULT_COMBINE = {"mac": "normalized", "mag": "normalized"}
+#: The default ceiling of the learned forgetting gate per variant (``decay_gate_max=None``; a
+#: variant not named: 1, no ceiling). MAC's: with forgetting free to rise, its memory learned to
+#: forget the needle task's haystack within the training length and lost every needle further
+#: back than that at 4x the length; bounded at 1e-3 it keeps them (docs/guides/mac_ablation.md).
+DEFAULT_DECAY_MAX = {"mac": 1e-3}
 _FORMAT = "titans-config"
 
 
@@ -65,6 +71,13 @@ class TitansConfig:
             ceiling (``0 < init < max <= 1``, ``init / max`` in ``[1e-6, 1 - 1e-6]``; ``None``:
             the step scale's own, 0.3 and 1 for ``"normalized"``, 0.01 and 0.1 for
             ``"literal"``); docs/guides/stability.md.
+        decay_gate_init, decay_gate_max: the learned ``alpha``'s value at initialisation and its
+            ceiling (``0 < init < max <= 1``); the learned decay gate only. ``None``: the
+            variant's ceiling (:data:`DEFAULT_DECAY_MAX`: 1e-3 for MAC, 1 for the others) and a
+            start at ``min(0.01, max / 10)``. A ceiling bounds how fast the memory can forget:
+            with ``alpha <= a`` a write keeps at least ``(1 - a)^n`` of itself after ``n``
+            tokens (docs/guides/mac_ablation.md measures what it does to recall beyond the
+            training length).
         step_scale: a name in ``registry.STEP_SCALES``: ``"normalized"`` (default,
             ``theta (1 - eta) / (C lambda_0)``, a documented deviation that keeps the update
             stable) or ``"literal"`` (eq. 13 as written).
@@ -153,6 +166,8 @@ class TitansConfig:
     decay_gate: str | float | None = "learned"
     lr_gate_init: float | None = None
     lr_gate_max: float | None = None
+    decay_gate_init: float | None = None
+    decay_gate_max: float | None = None
     step_scale: str = "normalized"
     forget_target: str = "init"
     retention: str = "l2"
@@ -214,6 +229,14 @@ class TitansConfig:
     def resolved_combine(self) -> str | None:
         return self.combine if self.combine is not None else DEFAULT_COMBINE.get(self.variant)
 
+    @property
+    def resolved_decay_gate_max(self) -> float | None:
+        """The learned forgetting gate's ceiling: ``decay_gate_max``, else the variant's default
+        (``None``: no ceiling, 1); ``None`` when ``decay_gate`` is not ``"learned"``."""
+        if self.decay_gate != "learned":
+            return None
+        return self.decay_gate_max if self.decay_gate_max is not None else DEFAULT_DECAY_MAX.get(self.variant)
+
     def layer_has_memory(self, layer: int) -> bool:
         """Whether block ``layer`` carries a memory."""
         return self.has_memory and (self.memory_layers is None or layer in self.memory_layers)
@@ -270,7 +293,8 @@ class TitansConfig:
         ``forget_target="zero"``) that its model was trained with; one without ``mac_write``
         predates MAC's current defaults, so it gets ``mac_write="attention"`` and (a MAC with
         the default combine) ``combine="product"``; one without ``mac_memory_norm`` gets
-        ``"none"`` (its MAC showed the retrievals unnormalised).
+        ``"none"`` (its MAC showed the retrievals unnormalised); a MAC one without
+        ``decay_gate_max`` gets 1 (its forgetting had no ceiling).
 
         Raises:
             TypeError: ``text`` is not a string.
@@ -300,6 +324,9 @@ class TitansConfig:
             config = {**config, "mac_write": "attention"}
             if config.get("variant") == "mac" and config.get("combine") is None:
                 config["combine"] = "product"
+        if "decay_gate_max" not in config and config.get("variant") == "mac":
+            # Written before MAC's forgetting had a ceiling: its gate ranged up to 1.
+            config = {**config, "decay_gate_max": 1.0}
         if "mac_memory_norm" not in config:
             # Written before MAC normalised its memory tokens (docs/guides/mac_ablation.md).
             config = {**config, "mac_memory_norm": "none"}
@@ -385,6 +412,28 @@ def _gate(cfg: TitansConfig, name: str, high: float, *, high_open: bool, low_ope
         allowed = "'learned' or a number" + ("" if name == "lr_gate" else " or None")
         raise _fail(name, f"must be {allowed}, got {value!r}")
     _real(cfg, name, 0.0, high, low_open=low_open, high_open=high_open, why=why)
+
+
+def _decay_range(cfg: TitansConfig) -> None:
+    """``decay_gate_init`` / ``decay_gate_max``: the learned decay gate's range, in ``(0, 1]``."""
+    given = [n for n in ("decay_gate_init", "decay_gate_max") if getattr(cfg, n) is not None]
+    if not given:
+        return
+    if cfg.decay_gate != "learned":
+        raise _fail(given[0], f"applies to the learned decay gate only, but decay_gate={cfg.decay_gate!r}")
+    why = " (alpha is the share of the memory forgotten at each token)"
+    for name in given:
+        _real(cfg, name, 0.0, 1.0, low_open=True, high_open=False, why=why)
+    init, ceiling = decay_range(cfg.decay_gate_init, cfg.resolved_decay_gate_max)
+    if not init < ceiling:
+        where = "" if cfg.decay_gate_max is not None else f" ({cfg.variant}'s default)"
+        raise ValueError(f"TitansConfig.decay_gate_init: must be below decay_gate_max={ceiling}{where}, got {init}")
+    low, high = _LR_RATIO
+    if not low <= init / ceiling <= high:
+        raise ValueError(
+            f"TitansConfig.decay_gate_init: decay_gate_init / decay_gate_max must lie in [{low:g}, {high:g}] (the "
+            f"learned gate starts at that share of its ceiling, through a sigmoid), got {init} / {ceiling}"
+        )
 
 
 def _objective_kwargs(cfg: TitansConfig) -> None:
@@ -506,6 +555,7 @@ def _validate(cfg: TitansConfig) -> None:
           why=" (eta = 1 would add up gradients forever: the surprise grows without bound)")
     _gate(cfg, "decay_gate", 1.0, low_open=False, high_open=False,
           why=" (alpha is the share of the memory forgotten at each token)")
+    _decay_range(cfg)
     if not optimizer.uses_momentum and cfg.momentum_gate not in ("learned", None):
         raise ValueError(f"TitansConfig.momentum_gate: the optimizer {cfg.optimizer!r} uses no momentum")
     if cfg.combine is not None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memory_blocks import ConstantGate, LearnedGate
+from memory_blocks import ConstantGate, LearnedGate, NeuralMemory
+from memory_blocks.gates import DECAY_INIT, decay_range
 
 
 def test_learned_gate_starts_at_init_and_stays_in_range() -> None:
@@ -49,3 +50,21 @@ def test_constant_gate() -> None:
 def test_bad_gate_arguments(build, message) -> None:
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_decay_range_resolves_the_learned_forgetting_gate() -> None:
+    assert decay_range(None, None) == (DECAY_INIT, 1.0)
+    assert decay_range(None, 1e-3) == (1e-4, 1e-3)  # the start stays below any ceiling
+    assert decay_range(0.002, 0.5) == (0.002, 0.5)
+
+
+def test_neural_memory_decay_ceiling_bounds_alpha() -> None:
+    layer = NeuralMemory(8, heads=2, chunk_size=2, decay_max=1e-3)
+    gate = layer.decay_gate
+    assert isinstance(gate, LearnedGate) and (gate.init, gate.max_value) == (1e-4, 1e-3)
+    with torch.no_grad():
+        gate.proj.weight.normal_(std=10.0)
+        gate.proj.bias.fill_(30.0)
+    alpha = gate(torch.randn(2, 9, 8) * 100)
+    assert alpha.max() <= 1e-3 and alpha.max() > 0.9e-3  # pinned at the ceiling, not beyond
+    assert NeuralMemory(8, heads=2).decay_gate.init == DECAY_INIT  # the default is unchanged

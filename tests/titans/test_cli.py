@@ -124,6 +124,8 @@ def test_component_overrides_map_onto_config_fields() -> None:
     assert config("--memory-layers", "all").memory_layers is None
     c = config("--lr-gate-init", "0.001", "--lr-gate-max", "0.02")
     assert (c.lr_gate_init, c.lr_gate_max) == (0.001, 0.02)
+    c = config("--decay-gate-init", "0.0001", "--decay-gate-max", "0.001")
+    assert (c.decay_gate_init, c.decay_gate_max) == (0.0001, 0.001)
 
 
 def train_tiny(out: Path, *flags: str) -> int:

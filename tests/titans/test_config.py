@@ -71,6 +71,12 @@ def library_checks_only() -> Iterator[None]:
         (dict(lr_gate_init=1e-300, lr_gate_max=1e300), "lr_gate_max"),
         (dict(lr_gate_init=1e-300, lr_gate_max=0.5), "lr_gate_init"),
         (dict(lr_gate_init=0.5 - 1e-12, lr_gate_max=0.5), "lr_gate_init"),
+        (dict(decay_gate_max=0.0), "decay_gate_max"),
+        (dict(decay_gate_max=1.5), "decay_gate_max"),
+        (dict(decay_gate_init=0.2, decay_gate_max=0.1), "decay_gate_init"),
+        (dict(decay_gate_init=1e-300, decay_gate_max=0.5), "decay_gate_init"),
+        (dict(decay_gate=None, decay_gate_max=0.1), "decay_gate_max"),
+        (dict(decay_gate=0.01, decay_gate_init=0.001), "decay_gate_init"),
         # booleans are bools, strings are strings
         (dict(tie_embeddings="no"), "tie_embeddings"),
         (dict(tie_embeddings=1), "tie_embeddings"),

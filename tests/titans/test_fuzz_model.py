@@ -57,6 +57,8 @@ VALUES: dict[str, tuple[list, list]] = {
     "decay_gate": (["learned", None, 0.0, 0.5, 1.0], [5.0, -3.0, INF, "none"]),
     "lr_gate_init": ([None, 0.05, 0.3], [0.0, 1e-300, NAN, INF, -0.1, "0.1"]),
     "lr_gate_max": ([None, 0.6, 1.0], [0.0, 1e300, 2.0, NAN, INF]),
+    "decay_gate_init": ([None, 1e-4, 0.05], [0.0, -0.1, 2.0, NAN, INF, "0.1"]),
+    "decay_gate_max": ([None, 1e-3, 1.0], [0.0, 2.0, NAN, INF, True]),
     "step_scale": (["normalized", "literal"], ["adaptive", None]),
     "forget_target": (["init", "zero"], ["one", 0]),
     "retention": (["l2", "lq", "kl", "elastic_net"], ["l1", None]),

@@ -283,3 +283,28 @@ def test_old_configuration_documents_load_without_the_memory_norm():
     doc = json.loads(TitansConfig(variant="mac", mac_memory_norm="rms").to_json())
     del doc["config"]["mac_memory_norm"]
     assert TitansConfig.from_json(json.dumps(doc)).mac_memory_norm == "none"
+
+
+def test_mac_forgetting_has_a_ceiling_and_old_documents_keep_theirs():
+    import json
+
+    from memory_blocks import NeuralMemory
+    from titans import TitansLM
+
+    def gate(config):
+        layer = next(m for m in TitansLM(config).modules() if isinstance(m, NeuralMemory))
+        return layer.decay_gate.init, layer.decay_gate.max_value
+
+    small = dict(vocab_size=16, dim=16, depth=1, heads=2, segment_len=4, window=4, chunk_size=2)
+    assert gate(TitansConfig(variant="mac", **small)) == (1e-4, 1e-3)  # MAC's default ceiling
+    assert gate(TitansConfig(variant="mag", **small)) == (0.01, 1.0)  # the others: none
+    assert gate(TitansConfig(variant="mac", decay_gate_max=1.0, **small)) == (0.01, 1.0)
+    assert TitansConfig(variant="mac", decay_gate=None).resolved_decay_gate_max is None
+    # A MAC document written before the ceiling existed rebuilds the unbounded gate it was trained with.
+    doc = json.loads(TitansConfig(variant="mac", **small).to_json())
+    del doc["config"]["decay_gate_max"]
+    old = TitansConfig.from_json(json.dumps(doc))
+    assert old.decay_gate_max == 1.0 and gate(old) == (0.01, 1.0)
+    mag = json.loads(TitansConfig(variant="mag").to_json())
+    del mag["config"]["decay_gate_max"]
+    assert TitansConfig.from_json(json.dumps(mag)).decay_gate_max is None
