@@ -27,9 +27,11 @@ MEMORY_VARIANTS = ("mac", "mag", "mal", "lmm")
 #: The default way each variant merges attention and memory (``combine=None``).
 DEFAULT_COMBINE = {"mac": "normalized", "mag": "normalized"}
 #: The default ceiling of the learned forgetting gate per variant (``decay_gate_max=None``; a
-#: variant not named: 1, no ceiling). MAC's: with forgetting free to rise, its memory learned to
-#: forget the needle task's haystack within the training length and lost every needle further
-#: back than that at 4x the length; bounded at 1e-3 it keeps them (docs/guides/mac_ablation.md).
+#: variant not named: 1, no ceiling), with the l2 retention (eq. 14's forgetting) only: a
+#: nonlinear retention (MIRAS) holds its accumulator's scale by the forgetting alone and keeps
+#: the full range. MAC's: with forgetting free to rise, its memory learned to forget the needle
+#: task's haystack within the training length and lost every needle further back than that at
+#: 4x the length; bounded at 1e-3 it keeps them (docs/guides/mac_ablation.md).
 DEFAULT_DECAY_MAX = {"mac": 1e-3}
 _FORMAT = "titans-config"
 
@@ -73,8 +75,9 @@ class TitansConfig:
             ``"literal"``); docs/guides/stability.md.
         decay_gate_init, decay_gate_max: the learned ``alpha``'s value at initialisation and its
             ceiling (``0 < init < max <= 1``); the learned decay gate only. ``None``: the
-            variant's ceiling (:data:`DEFAULT_DECAY_MAX`: 1e-3 for MAC, 1 for the others) and a
-            start at ``min(0.01, max / 10)``. A ceiling bounds how fast the memory can forget:
+            variant's ceiling with the l2 retention (:data:`DEFAULT_DECAY_MAX`: 1e-3 for MAC; 1
+            for the other variants and for the MIRAS retentions, whose accumulators only the
+            forgetting keeps in scale) and a start at ``min(0.01, max / 10)``. A ceiling bounds how fast the memory can forget:
             with ``alpha <= a`` a write keeps at least ``(1 - a)^n`` of itself after ``n``
             tokens (docs/guides/mac_ablation.md measures what it does to recall beyond the
             training length).
@@ -232,10 +235,13 @@ class TitansConfig:
     @property
     def resolved_decay_gate_max(self) -> float | None:
         """The learned forgetting gate's ceiling: ``decay_gate_max``, else the variant's default
-        (``None``: no ceiling, 1); ``None`` when ``decay_gate`` is not ``"learned"``."""
+        with the l2 retention (:data:`DEFAULT_DECAY_MAX`; ``None``: no ceiling, 1); ``None`` when
+        ``decay_gate`` is not ``"learned"``."""
         if self.decay_gate != "learned":
             return None
-        return self.decay_gate_max if self.decay_gate_max is not None else DEFAULT_DECAY_MAX.get(self.variant)
+        if self.decay_gate_max is not None:
+            return self.decay_gate_max
+        return DEFAULT_DECAY_MAX.get(self.variant) if self.retention == "l2" else None
 
     def layer_has_memory(self, layer: int) -> bool:
         """Whether block ``layer`` carries a memory."""

@@ -300,6 +300,9 @@ def test_mac_forgetting_has_a_ceiling_and_old_documents_keep_theirs():
     assert gate(TitansConfig(variant="mag", **small)) == (0.01, 1.0)  # the others: none
     assert gate(TitansConfig(variant="mac", decay_gate_max=1.0, **small)) == (0.01, 1.0)
     assert TitansConfig(variant="mac", decay_gate=None).resolved_decay_gate_max is None
+    # a MIRAS retention keeps the full range: only the forgetting holds its accumulator in scale
+    assert gate(TitansConfig(variant="mac", retention="kl", **small)) == (0.01, 1.0)
+    assert gate(TitansConfig(variant="mac", retention="kl", decay_gate_max=1e-3, **small)) == (1e-4, 1e-3)
     # A MAC document written before the ceiling existed rebuilds the unbounded gate it was trained with.
     doc = json.loads(TitansConfig(variant="mac", **small).to_json())
     del doc["config"]["decay_gate_max"]
