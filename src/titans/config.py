@@ -77,10 +77,10 @@ class TitansConfig:
             ceiling (``0 < init < max <= 1``); the learned decay gate only. ``None``: the
             variant's ceiling with the l2 retention (:data:`DEFAULT_DECAY_MAX`: 1e-3 for MAC; 1
             for the other variants and for the MIRAS retentions, whose accumulators only the
-            forgetting keeps in scale) and a start at ``min(0.01, max / 10)``. A ceiling bounds how fast the memory can forget:
-            with ``alpha <= a`` a write keeps at least ``(1 - a)^n`` of itself after ``n``
-            tokens (docs/guides/mac_ablation.md measures what it does to recall beyond the
-            training length).
+            forgetting keeps in scale) and a start at ``min(0.01, max / 10)``. A ceiling bounds
+            how fast the memory can forget: with ``alpha <= a`` a write keeps at least
+            ``(1 - a)^n`` of itself after ``n`` tokens (docs/guides/mac_ablation.md measures
+            what it does to recall beyond the training length).
         step_scale: a name in ``registry.STEP_SCALES``: ``"normalized"`` (default,
             ``theta (1 - eta) / (C lambda_0)``, a documented deviation that keeps the update
             stable) or ``"literal"`` (eq. 13 as written).
@@ -330,8 +330,9 @@ class TitansConfig:
             config = {**config, "mac_write": "attention"}
             if config.get("variant") == "mac" and config.get("combine") is None:
                 config["combine"] = "product"
-        if "decay_gate_max" not in config and config.get("variant") == "mac":
-            # Written before MAC's forgetting had a ceiling: its gate ranged up to 1.
+        learned_decay = config.get("decay_gate", "learned") == "learned"
+        if "decay_gate_max" not in config and config.get("variant") == "mac" and learned_decay:
+            # Written before MAC's forgetting had a ceiling: its learned gate ranged up to 1.
             config = {**config, "decay_gate_max": 1.0}
         if "mac_memory_norm" not in config:
             # Written before MAC normalised its memory tokens (docs/guides/mac_ablation.md).

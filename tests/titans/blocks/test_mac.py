@@ -308,6 +308,11 @@ def test_mac_forgetting_has_a_ceiling_and_old_documents_keep_theirs():
     del doc["config"]["decay_gate_max"]
     old = TitansConfig.from_json(json.dumps(doc))
     assert old.decay_gate_max == 1.0 and gate(old) == (0.01, 1.0)
+    for gate_value in (None, 0.05):  # an old MAC without a learned forgetting gate loads as it was
+        doc = json.loads(TitansConfig(variant="mac", decay_gate=gate_value).to_json())
+        del doc["config"]["decay_gate_max"]
+        loaded = TitansConfig.from_json(json.dumps(doc))
+        assert (loaded.decay_gate, loaded.decay_gate_max) == (gate_value, None)
     mag = json.loads(TitansConfig(variant="mag").to_json())
     del mag["config"]["decay_gate_max"]
     assert TitansConfig.from_json(json.dumps(mag)).decay_gate_max is None
