@@ -15,7 +15,9 @@ Figures: docs/guides/mac_ablation.md (round 5).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -32,30 +34,33 @@ def _memories(model: TitansLM) -> list[NeuralMemory]:
     return [m for m in model.modules() if isinstance(m, NeuralMemory) and m.decay_gate is not None]
 
 
+@contextlib.contextmanager
+def _on_alpha(model: TitansLM, hook: Callable[[int, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+    """``hook(layer index, alpha)`` on every memory's forgetting gate while inside (a returned
+    tensor replaces ``alpha``)."""
+    handles = [m.decay_gate.register_forward_hook(lambda mod, inp, out, i=i: hook(i, out))
+               for i, m in enumerate(_memories(model))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def median_alpha(model: TitansLM, task, seq_len: int, batch_size: int, seed: int) -> list[float]:
     """The median learned ``alpha`` of each memory layer over one evaluation batch."""
     seen: list[list[torch.Tensor]] = [[] for _ in _memories(model)]
-    hooks = [m.decay_gate.register_forward_hook(lambda mod, inp, out, i=i: seen[i].append(out.detach()))
-             for i, m in enumerate(_memories(model))]
-    try:
-        ids, _ = task.batch(eval_generator(seed, 0), batch_size, seq_len)
-        with torch.no_grad():
-            model(ids)
-    finally:
-        for h in hooks:
-            h.remove()
+    ids, _ = task.batch(eval_generator(seed, 0), batch_size, seq_len)
+    with _on_alpha(model, lambda i, alpha: seen[i].append(alpha.detach())), torch.no_grad():
+        model(ids)
     return [float(torch.cat([v.flatten() for v in values]).median()) for values in seen]
 
 
 def probe(model: TitansLM, task, lengths: list[int], scale: float, batches: int, batch_size: int,
           seed: int) -> list[dict]:
     """``evaluate`` rows with every memory's ``alpha`` multiplied by ``scale``."""
-    hooks = [m.decay_gate.register_forward_hook(lambda mod, inp, out: out * scale) for m in _memories(model)]
-    try:
+    with _on_alpha(model, lambda i, alpha: alpha * scale):
         return evaluate(model, task, lengths, batches=batches, batch_size=batch_size, seed=seed)
-    finally:
-        for h in hooks:
-            h.remove()
 
 
 def _cell(rows: list[dict]) -> str:
@@ -85,7 +90,7 @@ def main() -> None:
     scales = [float(s) for s in args.scales.split(",")]
     task = TASKS[args.task]()
     depth_note = " (mean; per depth 0 / .25 / .5 / .75 / 1)" if args.task == "needle" else ""
-    print(f"| checkpoint | alpha x | median alpha per layer | "
+    print("| checkpoint | alpha x | median alpha per layer | "
           + " | ".join(f"recall @{n}{depth_note}" for n in lengths) + " |")
     print("|---|---|---|" + "---|" * len(lengths))
     for path in args.checkpoints:

@@ -432,14 +432,20 @@ def _decay_range(cfg: TitansConfig) -> None:
     for name in given:
         _real(cfg, name, 0.0, 1.0, low_open=True, high_open=False, why=why)
     init, ceiling = decay_range(cfg.decay_gate_init, cfg.resolved_decay_gate_max)
+    where = "" if cfg.decay_gate_max is not None else f" ({cfg.variant}'s default)"
+    _start_below_ceiling("decay_gate", init, ceiling, where)
+
+
+def _start_below_ceiling(gate: str, init: float, ceiling: float, where: str = "") -> None:
+    """A learned gate's start ``{gate}_init`` below its ceiling ``{gate}_max``, at a share of it that
+    keeps the sigmoid's initial logit representable (:data:`_LR_RATIO`)."""
     if not init < ceiling:
-        where = "" if cfg.decay_gate_max is not None else f" ({cfg.variant}'s default)"
-        raise ValueError(f"TitansConfig.decay_gate_init: must be below decay_gate_max={ceiling}{where}, got {init}")
+        raise ValueError(f"TitansConfig.{gate}_init: must be below {gate}_max={ceiling}{where}, got {init}")
     low, high = _LR_RATIO
     if not low <= init / ceiling <= high:
         raise ValueError(
-            f"TitansConfig.decay_gate_init: decay_gate_init / decay_gate_max must lie in [{low:g}, {high:g}] (the "
-            f"learned gate starts at that share of its ceiling, through a sigmoid), got {init} / {ceiling}"
+            f"TitansConfig.{gate}_init: {gate}_init / {gate}_max must lie in [{low:g}, {high:g}] (the learned "
+            f"gate starts at that share of its ceiling, through a sigmoid), got {init} / {ceiling}"
         )
 
 
@@ -548,16 +554,7 @@ def _validate(cfg: TitansConfig) -> None:
             _real(cfg, name, 0.0, lr_limit, low_open=True, high_open=False, why=why)
     lr_init = step_scale.lr_init if cfg.lr_gate_init is None else cfg.lr_gate_init
     lr_max = step_scale.lr_max if cfg.lr_gate_max is None else cfg.lr_gate_max
-    if not lr_init < lr_max:
-        raise ValueError(
-            f"TitansConfig.lr_gate_init: must be below lr_gate_max={lr_max}, got {lr_init}"
-        )
-    low, high = _LR_RATIO
-    if not low <= lr_init / lr_max <= high:
-        raise ValueError(
-            f"TitansConfig.lr_gate_init: lr_gate_init / lr_gate_max must lie in [{low:g}, {high:g}] (the learned "
-            f"gate starts at that share of its ceiling, through a sigmoid), got {lr_init} / {lr_max}"
-        )
+    _start_below_ceiling("lr_gate", lr_init, lr_max)
     _gate(cfg, "momentum_gate", 1.0, low_open=False, high_open=True,
           why=" (eta = 1 would add up gradients forever: the surprise grows without bound)")
     _gate(cfg, "decay_gate", 1.0, low_open=False, high_open=False,

@@ -47,11 +47,16 @@ def _pairs(mat: Tensor, delta: Tensor, x: Tensor, mix: Tensor, h: Tensor) -> Ten
 
 
 class Expansion:
-    """Base class: ``read_point(h)`` and ``read(h, dense, delta, x, mix)`` (module docstring)."""
+    """Base class: ``read_point(h)`` and ``read(h, dense, delta, x, mix)`` (module docstring).
+
+    A subclass implements ``_read`` (and ``_point``, unless ``phi(A)`` is held materialised as
+    ``self.weight``); the shapes are checked here, once for every expansion."""
+
+    weight: Tensor
 
     def read_point(self, h: Float[Tensor, "*lead rows dim_in"]) -> Float[Tensor, "*lead rows dim_out"]:
         """``phi(A) h``."""
-        raise NotImplementedError
+        return self._point(h)
 
     def read(
         self,
@@ -62,6 +67,12 @@ class Expansion:
         mix: Float[Tensor, "*lead rows src"],
     ) -> Float[Tensor, "*lead rows dim_out"]:
         """The expansion's read of every row (module docstring)."""
+        return self._read(h, dense, delta, x, mix)
+
+    def _point(self, h: Tensor) -> Tensor:
+        return h @ self.weight.mT
+
+    def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
         raise NotImplementedError
 
 
@@ -78,20 +89,8 @@ class MaterialisedExpansion(Expansion):
         self.a, self._tangent = a, tangent
         self.weight = readout(a)
 
-    def read_point(self, h: Float[Tensor, "*lead rows dim_in"]) -> Float[Tensor, "*lead rows dim_out"]:
-        """``phi(A) h``."""
-        return h @ self.weight.mT
-
-    def read(
-        self,
-        h: Float[Tensor, "*lead rows dim_in"],
-        dense: Dense,
-        delta: Float[Tensor, "*lead src dim_out"],
-        x: Float[Tensor, "*lead src dim_in"],
-        mix: Float[Tensor, "*lead rows src"],
-    ) -> Float[Tensor, "*lead rows dim_out"]:
-        """The expansion's read of every row (module docstring)."""
-        y = self.read_point(h)
+    def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+        y = self._point(h)
         for c, m in dense:
             y = y + _scaled(c, h @ self._tangent(self.a, m).mT)
         outer = delta.unsqueeze(-1) * x.unsqueeze(-2)  # (*lead, src, out, in)
@@ -119,19 +118,10 @@ class LqExpansion(Expansion):
             self._g = ((self.q - 2) * self._total.pow(-2 / self.q)) * (self.a * self._power)
         return self._g
 
-    def read_point(self, h: Float[Tensor, "*lead rows dim_in"]) -> Float[Tensor, "*lead rows dim_out"]:
-        """``phi(A) h``."""
+    def _point(self, h: Tensor) -> Tensor:
         return (h @ self.a.mT) / self.s
 
-    def read(
-        self,
-        h: Float[Tensor, "*lead rows dim_in"],
-        dense: Dense,
-        delta: Float[Tensor, "*lead src dim_out"],
-        x: Float[Tensor, "*lead src dim_in"],
-        mix: Float[Tensor, "*lead rows src"],
-    ) -> Float[Tensor, "*lead rows dim_out"]:
-        """The expansion's read of every row (module docstring)."""
+    def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
         ha = h @ self.a.mT
         linear = _dual(delta, x, mix, h)
         inner = mix @ ((delta @ self.g) * x).sum(-1, keepdim=True)  # (*lead, rows, 1)
@@ -147,19 +137,10 @@ class SoftmaxExpansion(Expansion):
     def __init__(self, a: Tensor, scale: float) -> None:
         self.p, self.c = torch.softmax(a, dim=-1), scale
 
-    def read_point(self, h: Float[Tensor, "*lead rows dim_in"]) -> Float[Tensor, "*lead rows dim_out"]:
-        """``phi(A) h``."""
+    def _point(self, h: Tensor) -> Tensor:
         return self.c * (h @ self.p.mT)
 
-    def read(
-        self,
-        h: Float[Tensor, "*lead rows dim_in"],
-        dense: Dense,
-        delta: Float[Tensor, "*lead src dim_out"],
-        x: Float[Tensor, "*lead src dim_in"],
-        mix: Float[Tensor, "*lead rows src"],
-    ) -> Float[Tensor, "*lead rows dim_out"]:
-        """The expansion's read of every row (module docstring)."""
+    def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
         hp = h @ self.p.mT
         y = hp - hp * (mix @ (delta * (x @ self.p.mT))) + _pairs(self.p, delta, x, mix, h)
         for c, m in dense:
@@ -174,20 +155,8 @@ class MaskExpansion(Expansion):
     def __init__(self, weight: Tensor, mask: Tensor) -> None:
         self.weight, self.mask = weight, mask
 
-    def read_point(self, h: Float[Tensor, "*lead rows dim_in"]) -> Float[Tensor, "*lead rows dim_out"]:
-        """``phi(A) h``."""
-        return h @ self.weight.mT
-
-    def read(
-        self,
-        h: Float[Tensor, "*lead rows dim_in"],
-        dense: Dense,
-        delta: Float[Tensor, "*lead src dim_out"],
-        x: Float[Tensor, "*lead src dim_in"],
-        mix: Float[Tensor, "*lead rows src"],
-    ) -> Float[Tensor, "*lead rows dim_out"]:
-        """The expansion's read of every row (module docstring)."""
-        y = self.read_point(h) + _pairs(self.mask, delta, x, mix, h)
+    def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+        y = self._point(h) + _pairs(self.mask, delta, x, mix, h)
         for c, m in dense:
             y = y + _scaled(c, h @ (self.mask * m).mT)
         return y
