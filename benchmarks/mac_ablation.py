@@ -87,7 +87,9 @@ def runs() -> list[RunSpec]:
     default = mac_default()
     if all(run.model != default for run in out):
         out.append(RunSpec("mac-default", default))
-    out += [RunSpec("mag", TitansConfig(variant="mag", **MODEL)), RunSpec("swa", equal_size_baseline(base))]
+    out += [RunSpec("mag", TitansConfig(variant="mag", **MODEL)),
+            RunSpec("mag.decay_max=1e-3", TitansConfig(variant="mag", **MODEL, decay_gate_max=1e-3)),
+            RunSpec("swa", equal_size_baseline(base))]
     return out
 
 

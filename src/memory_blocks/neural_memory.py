@@ -151,8 +151,8 @@ class NeuralMemory(nn.Module):
             ``LearnedGate(init=lr_init, max_value=lr_max)``), in the units of ``step_scale``.
         lr_init, lr_max: the learned ``theta``'s value at initialisation and its ceiling
             (``0 < lr_init < lr_max``; default: the step scale's own, 0.3 and 1 for
-            :class:`NormalizedStep`, 0.01 and 0.1 for :class:`LiteralStep`); used when
-            ``lr_gate="learned"``.
+            :class:`NormalizedStep`, 0.01 and 0.1 for :class:`LiteralStep`);
+            ``lr_gate="learned"`` only (refused with another gate).
         step_scale: how ``theta`` becomes the step of eq. 13: :class:`NormalizedStep`
             (default: ``theta (1 - eta) / (C lambda_0)``, stable for every memory model and
             chunk size at ``theta <= 1``) or :class:`LiteralStep` (the paper's eq. 13), or their
@@ -285,6 +285,10 @@ class NeuralMemory(nn.Module):
         retention = _component("retention", retention, RETENTIONS, "a Retention", lambda o: isinstance(o, Retention))
         feature_map = _component("feature_map", "identity" if feature_map is None else feature_map, FEATURE_MAPS,
                                  "a FeatureMap", lambda o: isinstance(o, FeatureMap))
+        if lr_gate != _LEARNED and (lr_init is not None or lr_max is not None):
+            raise ValueError(
+                f"{fn}: lr_init and lr_max apply to lr_gate='learned' only, got lr_gate={lr_gate!r}"
+            )
         lr_init = step_scale.lr_init if lr_init is None else lr_init
         lr_max = step_scale.lr_max if lr_max is None else lr_max
 

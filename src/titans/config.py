@@ -72,7 +72,7 @@ class TitansConfig:
         lr_gate_init, lr_gate_max: the learned ``theta``'s value at initialisation and its
             ceiling (``0 < init < max <= 1``, ``init / max`` in ``[1e-6, 1 - 1e-6]``; ``None``:
             the step scale's own, 0.3 and 1 for ``"normalized"``, 0.01 and 0.1 for
-            ``"literal"``); docs/guides/stability.md.
+            ``"literal"``); the learned lr gate only; docs/guides/stability.md.
         decay_gate_init, decay_gate_max: the learned ``alpha``'s value at initialisation and its
             ceiling (``0 < init < max <= 1``); the learned decay gate only. ``None``: the
             variant's ceiling with the l2 retention (:data:`DEFAULT_DECAY_MAX`: 1e-3 for MAC; 1
@@ -551,6 +551,8 @@ def _validate(cfg: TitansConfig) -> None:
     _gate(cfg, "lr_gate", lr_limit, low_open=True, high_open=False, why=why)
     for name in ("lr_gate_init", "lr_gate_max"):
         if getattr(cfg, name) is not None:
+            if cfg.lr_gate != "learned":
+                raise _fail(name, f"applies to the learned lr gate only, but lr_gate={cfg.lr_gate!r}")
             _real(cfg, name, 0.0, lr_limit, low_open=True, high_open=False, why=why)
     lr_init = step_scale.lr_init if cfg.lr_gate_init is None else cfg.lr_gate_init
     lr_max = step_scale.lr_max if cfg.lr_gate_max is None else cfg.lr_gate_max

@@ -169,6 +169,8 @@ _init = inspect.unwrap(NeuralMemory.__init__)
         (dict(lr_gate=math.nan), ValueError, "lr_gate must be finite and >= 0, got nan"),
         (dict(lr_init=1e-300, lr_max=1e300), ValueError, "too far apart"),
         (dict(decay_gate=0.01, decay_max=0.1), ValueError, "decay_init and decay_max apply to decay_gate='learned' only"),
+        (dict(lr_gate=0.5, lr_init=0.1), ValueError, "lr_init and lr_max apply to lr_gate='learned' only"),
+        (dict(lr_gate=0.5, lr_max=0.6), ValueError, "lr_init and lr_max apply to lr_gate='learned' only"),
         (dict(decay_max=0.0), ValueError, r"decay_max must lie in \(0, 1\], got 0.0"),
         (dict(decay_max=math.nan), ValueError, r"decay_max must lie in \(0, 1\], got nan"),
         (dict(decay_init=0.5, decay_max=0.1), ValueError, "init must lie strictly between 0 and max_value=0.1"),

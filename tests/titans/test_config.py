@@ -77,6 +77,8 @@ def library_checks_only() -> Iterator[None]:
         (dict(decay_gate_init=1e-300, decay_gate_max=0.5), "decay_gate_init"),
         (dict(decay_gate=None, decay_gate_max=0.1), "decay_gate_max"),
         (dict(decay_gate=0.01, decay_gate_init=0.001), "decay_gate_init"),
+        (dict(lr_gate=0.5, lr_gate_init=0.1), "lr_gate_init"),
+        (dict(lr_gate=0.5, lr_gate_max=0.6), "lr_gate_max"),
         # booleans are bools, strings are strings
         (dict(tie_embeddings="no"), "tie_embeddings"),
         (dict(tie_embeddings=1), "tie_embeddings"),
