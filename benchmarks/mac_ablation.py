@@ -15,8 +15,10 @@ budget, then measures recall at the training length and at 4x it. The runs:
   tokens enter the attention: ``memory_norm=rms``/``rms_zero`` (RMS-normalised, a learned gain
   from 1 / 0) and ``memory_norm=gain`` (a learned per-feature gain from 1). The table
   marks the row that is MAC at ``TitansConfig``'s defaults (``mac-default`` is added if none is).
-- ``mag`` (MAG at its defaults) and ``swa`` (sliding-window attention, SwiGLU widened to the
-  MAC model's parameter count).
+- ``mag``, ``mal``, ``lmm``: the other variants in the same model with their forgetting gate as it
+  was before round 6 (no ceiling: ``decay_gate_max=1.0``; ``mag`` is MAG at its defaults of
+  rounds 1-5), and ``mag.decay_max=1e-3`` etc. with MAC's ceiling (their defaults since round 6);
+  ``swa`` (sliding-window attention, SwiGLU widened to the MAC model's parameter count).
 
 Tasks: ``mqar`` (4 key-value pairs, each key queried once at a power-law distance, most beyond
 the 16-token window) and ``needle`` (one key-value needle at a random depth, asked for at the
@@ -87,9 +89,11 @@ def runs() -> list[RunSpec]:
     default = mac_default()
     if all(run.model != default for run in out):
         out.append(RunSpec("mac-default", default))
-    out += [RunSpec("mag", TitansConfig(variant="mag", **MODEL)),
-            RunSpec("mag.decay_max=1e-3", TitansConfig(variant="mag", **MODEL, decay_gate_max=1e-3)),
-            RunSpec("swa", equal_size_baseline(base))]
+    # The other variants with their forgetting as it ran before round 6 (no ceiling) and with
+    # MAC's ceiling.
+    out += [RunSpec(f"{v}{tag}", TitansConfig(variant=v, **MODEL, decay_gate_max=ceiling))
+            for v in ("mag", "mal", "lmm") for tag, ceiling in (("", 1.0), (".decay_max=1e-3", 1e-3))]
+    out.append(RunSpec("swa", equal_size_baseline(base)))
     return out
 
 

@@ -4,8 +4,8 @@ JSON config, verified by a manifest. Never unpickles.
 
 A checkpoint is a directory::
 
-    config.json          {"format": "titans-config", "config": {...}, "dtype": "float32",
-                          "manifest": "manifest.json"}
+    config.json          {"format": "titans-config", "version": 2, "config": {...},
+                          "dtype": "float32", "manifest": "manifest.json"}
     model.safetensors    the weights (a tied matrix stored once)
     manifest.json        each file's size and sha256 (:mod:`titans.manifest`), written last
 

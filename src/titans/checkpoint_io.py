@@ -5,8 +5,8 @@ a manifest. Never unpickles. Below the model in the layers (it builds a model th
 
 A checkpoint is a directory::
 
-    config.json          {"format": "titans-config", "config": {...}, "dtype": "float32",
-                          "manifest": "manifest.json"}
+    config.json          {"format": "titans-config", "version": 2, "config": {...},
+                          "dtype": "float32", "manifest": "manifest.json"}
     model.safetensors    the weights (a tied matrix stored once)
     manifest.json        each file's size and sha256 (:mod:`titans.manifest`), written last
 

@@ -29,10 +29,18 @@ DEFAULT_COMBINE = {"mac": "normalized", "mag": "normalized"}
 #: The default ceiling of the learned forgetting gate per variant (``decay_gate_max=None``; a
 #: variant not named: 1, no ceiling), with the l2 retention (eq. 14's forgetting) only: a
 #: nonlinear retention (MIRAS) holds its accumulator's scale by the forgetting alone and keeps
-#: the full range. MAC's: with forgetting free to rise, its memory learned to forget the needle
-#: task's haystack within the training length and lost every needle further back than that at
-#: 4x the length; bounded at 1e-3 it keeps them (docs/guides/mac_ablation.md).
-DEFAULT_DECAY_MAX = {"mac": 1e-3}
+#: the full range. With forgetting free to rise, the memory of every variant learned to forget
+#: the needle task's haystack within the training length and lost the needles further back than
+#: that at 4x the length; bounded at 1e-3 it keeps them (docs/guides/mac_ablation.md: MAC in
+#: round 5, MAG, MAL and LMM in round 6).
+DEFAULT_DECAY_MAX = {"mac": 1e-3, "mag": 1e-3, "mal": 1e-3, "lmm": 1e-3}
+#: The version of the document :meth:`TitansConfig.to_json` writes. A default that changes what
+#: a field's ``None`` means raises it, so that a document written before keeps its model:
+#: 1 (no ``"version"`` key): only MAC's forgetting had a ceiling; 2 (2026-12-01): every
+#: variant's has (:data:`DEFAULT_DECAY_MAX`).
+CONFIG_VERSION = 2
+#: The first document version whose variant's ``decay_gate_max=None`` means its default ceiling.
+_CEILING_SINCE = {"mac": 1, "mag": 2, "mal": 2, "lmm": 2}
 _FORMAT = "titans-config"
 
 
@@ -75,8 +83,8 @@ class TitansConfig:
             ``"literal"``); the learned lr gate only; docs/guides/stability.md.
         decay_gate_init, decay_gate_max: the learned ``alpha``'s value at initialisation and its
             ceiling (``0 < init < max <= 1``); the learned decay gate only. ``None``: the
-            variant's ceiling with the l2 retention (:data:`DEFAULT_DECAY_MAX`: 1e-3 for MAC; 1
-            for the other variants and for the MIRAS retentions, whose accumulators only the
+            variant's ceiling with the l2 retention (:data:`DEFAULT_DECAY_MAX`: 1e-3 for every
+            memory variant; 1 with the MIRAS retentions, whose accumulators only the
             forgetting keeps in scale) and a start at ``min(0.01, max / 10)``. A ceiling bounds
             how fast the memory can forget: with ``alpha <= a`` a write keeps at least
             ``(1 - a)^n`` of itself after ``n`` tokens (docs/guides/mac_ablation.md measures
@@ -290,7 +298,8 @@ class TitansConfig:
         return cls(**data)
 
     def to_json(self) -> str:
-        return json.dumps({"format": _FORMAT, "config": self.to_dict()}, indent=2, sort_keys=True)
+        return json.dumps({"format": _FORMAT, "version": CONFIG_VERSION, "config": self.to_dict()},
+                          indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> TitansConfig:
@@ -300,7 +309,8 @@ class TitansConfig:
         predates MAC's current defaults, so it gets ``mac_write="attention"`` and (a MAC with
         the default combine) ``combine="product"``; one without ``mac_memory_norm`` gets
         ``"none"`` (its MAC showed the retrievals unnormalised); a MAC one without
-        ``decay_gate_max`` gets 1 (its forgetting had no ceiling).
+        ``decay_gate_max``, and a MAG, MAL or LMM one of version 1 (no ``"version"`` key) with it
+        ``None`` or absent, gets 1 (its forgetting had no ceiling; :data:`CONFIG_VERSION`).
 
         Raises:
             TypeError: ``text`` is not a string.
@@ -320,6 +330,10 @@ class TitansConfig:
         config = data["config"]
         if not isinstance(config, dict):
             raise ValueError(f"TitansConfig.from_json: 'config' must be a JSON object, got {type(config).__name__}")
+        version = data.get("version", 1)
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
+            raise ValueError(f"TitansConfig.from_json: 'version' must be an integer from 1 to {CONFIG_VERSION} "
+                             f"(a later version of titans wrote it?), got {version!r}")
         if "step_scale" not in config:
             # Written before the stabilising rules existed (2026-11-30): the model it describes
             # (a checkpoint's) was trained with the paper's literal update.
@@ -330,14 +344,25 @@ class TitansConfig:
             config = {**config, "mac_write": "attention"}
             if config.get("variant") == "mac" and config.get("combine") is None:
                 config["combine"] = "product"
-        learned_decay = config.get("decay_gate", "learned") == "learned"
-        if "decay_gate_max" not in config and config.get("variant") == "mac" and learned_decay:
-            # Written before MAC's forgetting had a ceiling: its learned gate ranged up to 1.
-            config = {**config, "decay_gate_max": 1.0}
+        config = ceiling_as_written(config, version)
         if "mac_memory_norm" not in config:
             # Written before MAC normalised its memory tokens (docs/guides/mac_ablation.md).
             config = {**config, "mac_memory_norm": "none"}
         return cls.from_dict(config)
+
+
+def ceiling_as_written(config: dict[str, Any], version: int) -> dict[str, Any]:
+    """``config`` (a :meth:`TitansConfig.to_dict`, written at document ``version``) with
+    ``decay_gate_max`` 1 where the variant's forgetting had no ceiling when it was written (a
+    learned gate with ``decay_gate_max`` absent, written before the field existed, or ``None`` in
+    a version before the variant's ceiling: version 1 for MAG, MAL and LMM)."""
+    learned_decay = config.get("decay_gate", "learned") == "learned"
+    since = _CEILING_SINCE.get(config.get("variant"))
+    if learned_decay and since is not None and config.get("decay_gate_max") is None and (
+        version < since or "decay_gate_max" not in config
+    ):
+        return {**config, "decay_gate_max": 1.0}
+    return config
 
 
 #: The largest constant ``theta`` (and ``lr_gate_max``) each step scale accepts. ``normalized``:

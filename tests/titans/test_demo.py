@@ -72,7 +72,7 @@ def test_bad_demo_settings_name_the_field(kwargs: dict, needle: str) -> None:
 
 def test_quick_demo_memory_clearly_beats_the_baseline(tmp_path: Path) -> None:
     # The command as a user runs it, in its own process: without the suite's runtime shape
-    # checking, which costs this 200-step training several times its own time (the shapes are
+    # checking, which costs this 250-step training several times its own time (the shapes are
     # checked by the rest of the suite) and with the machine's threads (2 here, as in CI).
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     done = subprocess.run([sys.executable, "-m", "titans", "demo", "--quick", "--out", str(tmp_path), "-q"],

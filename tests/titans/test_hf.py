@@ -245,3 +245,21 @@ def test_mac_config_saved_with_the_reference_chunk_reloads_with_it():
         TitansMACConfig(**fields, titans=dataclasses.replace(mapped, chunk_size=4).to_dict())
     with pytest.raises(ValueError, match="saved titans config is not the one"):
         TitansMACConfig(**fields, titans=dataclasses.replace(old, num_persistent=3).to_dict())
+
+
+def test_a_mag_config_saved_before_its_forgetting_ceiling_reloads_unbounded(tmp_path):
+    """A config.json without ``titans_version`` (written before MAG's default ceiling, version 1)
+    rebuilds the unbounded forgetting gate its MAG was trained with; one written now keeps the
+    default ceiling; a user's dict means today's defaults."""
+    hf, _ = _pair("mag", torch.device("cpu"))
+    hf.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["titans_version"] == 2 and saved["titans"]["decay_gate_max"] is None
+    assert AutoConfig.from_pretrained(tmp_path).to_titans_config().resolved_decay_gate_max == 1e-3
+    del saved["titans_version"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    old = AutoConfig.from_pretrained(tmp_path)
+    assert old.to_titans_config().decay_gate_max == 1.0 and old.titans_version == 2
+    assert TitansHFConfig(titans=saved["titans"]).to_titans_config().resolved_decay_gate_max == 1e-3
+    with pytest.raises(ValueError, match="TitansHFConfig: titans_version must be an integer from 1 to 2"):
+        TitansHFConfig(titans=saved["titans"], titans_version=3)

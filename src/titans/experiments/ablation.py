@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from titans.checkpoint import load_pretrained
-from titans.config import TitansConfig
+from titans.config import CONFIG_VERSION, TitansConfig
 from titans.experiments.evaluate import evaluate, json_safe
 from titans.model import count_parameters
 from titans.experiments.run_checkpoint import latest_checkpoint
@@ -288,8 +288,9 @@ def load_spec(path: str | Path) -> AblationSpec:
 def _identity(run: RunSpec, spec: AblationSpec) -> dict[str, Any]:
     """What a finished run must match to be reused."""
     return json.loads(json.dumps({
-        "model": run.model.to_dict(), "train": dataclasses.asdict(spec.train), "task": task_to_dict(spec.task),
-        "lengths": list(spec.lengths), "eval": [spec.eval_batches, spec.eval_batch_size, spec.eval_seed],
+        "model": run.model.to_dict(), "config_version": CONFIG_VERSION, "train": dataclasses.asdict(spec.train),
+        "task": task_to_dict(spec.task), "lengths": list(spec.lengths),
+        "eval": [spec.eval_batches, spec.eval_batch_size, spec.eval_seed],
     }))
 
 
@@ -297,14 +298,17 @@ def _same_identity(saved: Any, identity: dict[str, Any]) -> bool:
     """Whether a finished run's recorded identity is ``identity``. Its model configuration is read
     as a saved config is (:meth:`TitansConfig.from_json`), so that a field added to the config
     after the run (its old behaviour the default, or a legacy rule of ``from_json``) does not
-    make it a different run."""
+    make it a different run, and a default changed since (a later ``config_version``) does."""
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
         return False
+    version = saved.get("config_version", 1)
     try:
-        model = TitansConfig.from_json(json.dumps({"format": "titans-config", "config": saved["model"]}))
+        model = TitansConfig.from_json(json.dumps({"format": "titans-config", "version": version,
+                                                   "config": saved["model"]}))
     except ValueError:
         return False
-    return {**saved, "model": json.loads(json.dumps(model.to_dict()))} == identity
+    model_now = json.loads(json.dumps(model.to_dict()))
+    return {**saved, "model": model_now, "config_version": CONFIG_VERSION} == identity
 
 
 def _final_train_record(metrics: Path) -> dict[str, Any]:

@@ -85,7 +85,8 @@ OVERRIDES: dict[str, tuple[str, Any, str]] = {
     "--lr-gate-init": ("lr_gate_init", float, "the learned theta's start value (default: the step scale's)"),
     "--lr-gate-max": ("lr_gate_max", float, "the learned theta's ceiling (default: the step scale's)"),
     "--decay-gate-init": ("decay_gate_init", float, "the learned alpha's start value (default: min(0.01, max / 10))"),
-    "--decay-gate-max": ("decay_gate_max", float, "the learned alpha's ceiling (default 1)"),
+    "--decay-gate-max": ("decay_gate_max", float, "the learned alpha's ceiling (default: the variant's, "
+                       "titans.config.DEFAULT_DECAY_MAX; 1 where it has none)"),
     "--step-scale": ("step_scale", str, "how theta becomes the step: normalized (default) or literal (eq. 13)"),
     "--forget-target": ("forget_target", str, "where forgetting pulls the memory: init (default, W_0) or zero (eq. 14)"),
     "--momentum-gate": ("momentum_gate", _gate, "eta: 'learned', a constant in [0, 1), or 'none'"),

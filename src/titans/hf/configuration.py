@@ -9,7 +9,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from titans import compat
-from titans.config import TitansConfig
+from titans.config import CONFIG_VERSION, TitansConfig, ceiling_as_written
 
 __all__ = ["TitansHFConfig", "TitansMACConfig"]
 
@@ -24,15 +24,19 @@ _DERIVED = {
 }
 
 
-def _titans_config(where: str, titans: object) -> TitansConfig:
-    """``titans`` (a TitansConfig, its dict, or ``None`` for the default) as a TitansConfig."""
+def _titans_config(where: str, titans: object, version: object = CONFIG_VERSION) -> TitansConfig:
+    """``titans`` (a TitansConfig, its dict, or ``None`` for the default) as a TitansConfig; a dict
+    written at an earlier config ``version`` keeps the defaults of its time
+    (:func:`~titans.config.ceiling_as_written`)."""
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
+        raise ValueError(f"{where}: titans_version must be an integer from 1 to {CONFIG_VERSION}, got {version!r}")
     if titans is None:
         return TitansConfig()
     if isinstance(titans, TitansConfig):
         return titans
     if isinstance(titans, dict):
         try:
-            return TitansConfig.from_dict(titans)
+            return TitansConfig.from_dict(ceiling_as_written(titans, version))
         except TypeError as err:
             raise ValueError(f"{where}: titans holds a value of the wrong kind ({err})") from err
     raise TypeError(
@@ -64,8 +68,16 @@ class TitansHFConfig(PretrainedConfig):
     model_type = "titans"
 
     def __init__(self, titans: object = None, use_cache: bool = True, **kwargs: Any):
-        config = _titans_config(type(self).__name__, titans)
+        config = _titans_config(type(self).__name__, titans, kwargs.pop("titans_version", CONFIG_VERSION))
         self._init_from(config, use_cache, kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> TitansHFConfig:
+        """A saved config (``from_pretrained``): one written before ``titans_version`` existed is
+        of version 1 (:data:`titans.config.CONFIG_VERSION`)."""
+        if "titans" in config_dict:
+            config_dict = {"titans_version": 1, **config_dict}
+        return super().from_dict(config_dict, **kwargs)
 
     def _init_from(self, config: TitansConfig, use_cache: object, kwargs: dict[str, Any]) -> None:
         where = type(self).__name__
@@ -80,6 +92,7 @@ class TitansHFConfig(PretrainedConfig):
                 )
         super().__init__(tie_word_embeddings=config.tie_embeddings, **kwargs)
         self.titans = config.to_dict()
+        self.titans_version = CONFIG_VERSION  # what ``titans``' None fields mean (its defaults' version)
         self.use_cache = use_cache
         self.vocab_size = config.vocab_size
         self.hidden_size = config.dim
@@ -136,7 +149,8 @@ class TitansMACConfig(TitansHFConfig):
         )
         config = reference.to_titans_config()
         saved = kwargs.pop("titans", None)
-        if saved is not None and (saved_config := _titans_config("TitansMACConfig", saved)) != config:
+        version = kwargs.pop("titans_version", CONFIG_VERSION)
+        if saved is not None and (saved_config := _titans_config("TitansMACConfig", saved, version)) != config:
             # Saved before compat counted the chunk in segment tokens (the reference's number
             # was taken as it is): the model was trained with that chunk, which it keeps.
             legacy = (segment_len + num_longterm_mem_tokens if neural_memory_segment_len is None

@@ -297,7 +297,8 @@ def test_mac_forgetting_has_a_ceiling_and_old_documents_keep_theirs():
 
     small = dict(vocab_size=16, dim=16, depth=1, heads=2, segment_len=4, window=4, chunk_size=2)
     assert gate(TitansConfig(variant="mac", **small)) == (1e-4, 1e-3)  # MAC's default ceiling
-    assert gate(TitansConfig(variant="mag", **small)) == (0.01, 1.0)  # the others: none
+    for variant in ("mag", "mal", "lmm"):  # the other variants' (round 6)
+        assert gate(TitansConfig(variant=variant, **small)) == (1e-4, 1e-3)
     assert gate(TitansConfig(variant="mac", decay_gate_max=1.0, **small)) == (0.01, 1.0)
     assert TitansConfig(variant="mac", decay_gate=None).resolved_decay_gate_max is None
     # a MIRAS retention keeps the full range: only the forgetting holds its accumulator in scale
@@ -313,6 +314,36 @@ def test_mac_forgetting_has_a_ceiling_and_old_documents_keep_theirs():
         del doc["config"]["decay_gate_max"]
         loaded = TitansConfig.from_json(json.dumps(doc))
         assert (loaded.decay_gate, loaded.decay_gate_max) == (gate_value, None)
-    mag = json.loads(TitansConfig(variant="mag").to_json())
-    del mag["config"]["decay_gate_max"]
-    assert TitansConfig.from_json(json.dumps(mag)).decay_gate_max is None
+    transformer = json.loads(TitansConfig(variant="transformer").to_json())
+    del transformer["config"]["decay_gate_max"], transformer["version"]
+    assert TitansConfig.from_json(json.dumps(transformer)).decay_gate_max is None
+
+
+@pytest.mark.parametrize("variant", ["mag", "mal", "lmm"])
+def test_documents_written_before_the_variants_ceiling_keep_their_unbounded_gate(variant):
+    """Version 1 documents (no ``"version"``: before MAG's, MAL's and LMM's default ceiling) with
+    ``decay_gate_max`` ``None`` or absent rebuild the gate they were trained with; version 2
+    ones mean today's default; a version this titans does not know is refused."""
+    import json
+
+    from titans.config import CONFIG_VERSION
+
+    doc = json.loads(TitansConfig(variant=variant).to_json())
+    assert doc["version"] == CONFIG_VERSION == 2
+    assert TitansConfig.from_json(json.dumps(doc)).resolved_decay_gate_max == 1e-3
+    del doc["version"]
+    assert TitansConfig.from_json(json.dumps(doc)).decay_gate_max == 1.0
+    del doc["config"]["decay_gate_max"]
+    assert TitansConfig.from_json(json.dumps(doc)).decay_gate_max == 1.0
+    for kept in (dict(decay_gate_max=0.05), dict(decay_gate=None), dict(decay_gate=0.1)):
+        old = json.loads(TitansConfig(variant=variant, **kept).to_json())
+        del old["version"]
+        assert TitansConfig.from_json(json.dumps(old)) == TitansConfig(variant=variant, **kept)
+    mac = json.loads(TitansConfig(variant="mac").to_json())
+    del mac["version"]  # MAC's ceiling predates the version: None already meant it
+    assert TitansConfig.from_json(json.dumps(mac)).resolved_decay_gate_max == 1e-3
+    for bad in (3, 0, "2", True, None, 1.0):
+        doc = json.loads(TitansConfig(variant=variant).to_json())
+        doc["version"] = bad
+        with pytest.raises(ValueError, match=r"^TitansConfig\.from_json: 'version' must be an integer from 1 to 2"):
+            TitansConfig.from_json(json.dumps(doc))
