@@ -107,6 +107,15 @@ def _component(what: str, value: Any, names: dict[str, Any], kind: str, accepts:
     return value
 
 
+
+def _learned_only(fn: str, what: str, gate: object, init: float | None, max_value: float | None) -> None:
+    """``{prefix}_init`` / ``{prefix}_max`` shape the learned gate ``what`` only: refused with another."""
+    if gate != _LEARNED and (init is not None or max_value is not None):
+        prefix = what.removesuffix("_gate")
+        raise ValueError(
+            f"{fn}: {prefix}_init and {prefix}_max apply to {what}='learned' only, got {what}={gate!r}"
+        )
+
 class NeuralMemory(nn.Module):
     """A multi-head neural memory that learns at test time, with its projections and gates.
 
@@ -285,10 +294,7 @@ class NeuralMemory(nn.Module):
         retention = _component("retention", retention, RETENTIONS, "a Retention", lambda o: isinstance(o, Retention))
         feature_map = _component("feature_map", "identity" if feature_map is None else feature_map, FEATURE_MAPS,
                                  "a FeatureMap", lambda o: isinstance(o, FeatureMap))
-        if lr_gate != _LEARNED and (lr_init is not None or lr_max is not None):
-            raise ValueError(
-                f"{fn}: lr_init and lr_max apply to lr_gate='learned' only, got lr_gate={lr_gate!r}"
-            )
+        _learned_only(fn, "lr_gate", lr_gate, lr_init, lr_max)
         lr_init = step_scale.lr_init if lr_init is None else lr_init
         lr_max = step_scale.lr_max if lr_max is None else lr_max
 
@@ -311,10 +317,7 @@ class NeuralMemory(nn.Module):
         self.momentum_gate = (
             self._gate("momentum_gate", momentum_gate, dim, init=0.9) if optimizer.uses_momentum else None
         )
-        if decay_gate != _LEARNED and (decay_init is not None or decay_max is not None):
-            raise ValueError(
-                f"NeuralMemory: decay_init and decay_max apply to decay_gate='learned' only, got decay_gate={decay_gate!r}"
-            )
+        _learned_only(fn, "decay_gate", decay_gate, decay_init, decay_max)
         decay_init, decay_max = decay_range(decay_init, decay_max)
         if not 0 < decay_max <= 1:
             raise ValueError(f"NeuralMemory: decay_max must lie in (0, 1], got {decay_max}")

@@ -331,9 +331,7 @@ class TitansConfig:
         if not isinstance(config, dict):
             raise ValueError(f"TitansConfig.from_json: 'config' must be a JSON object, got {type(config).__name__}")
         version = data.get("version", 1)
-        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
-            raise ValueError(f"TitansConfig.from_json: 'version' must be an integer from 1 to {CONFIG_VERSION} "
-                             f"(a later version of titans wrote it?), got {version!r}")
+        check_config_version("TitansConfig.from_json: 'version'", version)
         if "step_scale" not in config:
             # Written before the stabilising rules existed (2026-11-30): the model it describes
             # (a checkpoint's) was trained with the paper's literal update.
@@ -349,6 +347,13 @@ class TitansConfig:
             # Written before MAC normalised its memory tokens (docs/guides/mac_ablation.md).
             config = {**config, "mac_memory_norm": "none"}
         return cls.from_dict(config)
+
+
+def check_config_version(what: str, version: object) -> None:
+    """Refuses a config document ``version`` this titans cannot read (``what`` names it)."""
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
+        raise ValueError(f"{what} must be an integer from 1 to {CONFIG_VERSION} "
+                         f"(a later version of titans wrote it?), got {version!r}")
 
 
 def ceiling_as_written(config: dict[str, Any], version: int) -> dict[str, Any]:
@@ -448,17 +453,24 @@ def _gate(cfg: TitansConfig, name: str, high: float, *, high_open: bool, low_ope
 
 def _decay_range(cfg: TitansConfig) -> None:
     """``decay_gate_init`` / ``decay_gate_max``: the learned decay gate's range, in ``(0, 1]``."""
-    given = [n for n in ("decay_gate_init", "decay_gate_max") if getattr(cfg, n) is not None]
+    given = _learned_only(cfg, "decay_gate")
     if not given:
         return
-    if cfg.decay_gate != "learned":
-        raise _fail(given[0], f"applies to the learned decay gate only, but decay_gate={cfg.decay_gate!r}")
     why = " (alpha is the share of the memory forgotten at each token)"
     for name in given:
         _real(cfg, name, 0.0, 1.0, low_open=True, high_open=False, why=why)
     init, ceiling = decay_range(cfg.decay_gate_init, cfg.resolved_decay_gate_max)
     where = "" if cfg.decay_gate_max is not None else f" ({cfg.variant}'s default)"
     _start_below_ceiling("decay_gate", init, ceiling, where)
+
+
+def _learned_only(cfg: TitansConfig, gate: str) -> list[str]:
+    """Which of ``{gate}_init`` / ``{gate}_max`` are set; refused unless ``gate`` is learned."""
+    given = [n for n in (f"{gate}_init", f"{gate}_max") if getattr(cfg, n) is not None]
+    if given and getattr(cfg, gate) != "learned":
+        kind = gate.removesuffix("_gate")
+        raise _fail(given[0], f"applies to the learned {kind} gate only, but {gate}={getattr(cfg, gate)!r}")
+    return given
 
 
 def _start_below_ceiling(gate: str, init: float, ceiling: float, where: str = "") -> None:
@@ -574,11 +586,8 @@ def _validate(cfg: TitansConfig) -> None:
     lr_limit = LR_GATE_LIMITS.get(cfg.step_scale, step_scale.lr_max)
     why = f" (the largest stable step of step_scale={cfg.step_scale!r}, docs/guides/stability.md)"
     _gate(cfg, "lr_gate", lr_limit, low_open=True, high_open=False, why=why)
-    for name in ("lr_gate_init", "lr_gate_max"):
-        if getattr(cfg, name) is not None:
-            if cfg.lr_gate != "learned":
-                raise _fail(name, f"applies to the learned lr gate only, but lr_gate={cfg.lr_gate!r}")
-            _real(cfg, name, 0.0, lr_limit, low_open=True, high_open=False, why=why)
+    for name in _learned_only(cfg, "lr_gate"):
+        _real(cfg, name, 0.0, lr_limit, low_open=True, high_open=False, why=why)
     lr_init = step_scale.lr_init if cfg.lr_gate_init is None else cfg.lr_gate_init
     lr_max = step_scale.lr_max if cfg.lr_gate_max is None else cfg.lr_gate_max
     _start_below_ceiling("lr_gate", lr_init, lr_max)

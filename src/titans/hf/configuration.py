@@ -9,7 +9,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from titans import compat
-from titans.config import CONFIG_VERSION, TitansConfig, ceiling_as_written
+from titans.config import CONFIG_VERSION, TitansConfig, ceiling_as_written, check_config_version
 
 __all__ = ["TitansHFConfig", "TitansMACConfig"]
 
@@ -28,8 +28,7 @@ def _titans_config(where: str, titans: object, version: object = CONFIG_VERSION)
     """``titans`` (a TitansConfig, its dict, or ``None`` for the default) as a TitansConfig; a dict
     written at an earlier config ``version`` keeps the defaults of its time
     (:func:`~titans.config.ceiling_as_written`)."""
-    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
-        raise ValueError(f"{where}: titans_version must be an integer from 1 to {CONFIG_VERSION}, got {version!r}")
+    check_config_version(f"{where}: titans_version", version)
     if titans is None:
         return TitansConfig()
     if isinstance(titans, TitansConfig):
