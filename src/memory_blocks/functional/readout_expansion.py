@@ -33,6 +33,14 @@ def _scaled(c: Tensor | None, t: Tensor) -> Tensor:
     return t if c is None else c * t
 
 
+def _rows(h: Tensor, mat: Tensor) -> Tensor:
+    """``h mat^T`` (rows through a full matrix), taken as ``(mat h^T)^T`` so that autograd
+    returns ``mat``'s gradient in ``mat``'s own layout: a transposed gradient would make every
+    full-size elementwise operation behind it (softmax backward, sums of gradients) walk memory
+    across rows, many times slower on a CPU."""
+    return (mat @ h.mT).mT
+
+
 def _dual(delta: Tensor, x: Tensor, mix: Tensor, h: Tensor) -> Tensor:
     """``sum_j mix[t, j] (x_j . h_t) delta_j``."""
     return ((h @ x.mT) * mix) @ delta
@@ -42,7 +50,7 @@ def _pairs(mat: Tensor, delta: Tensor, x: Tensor, mix: Tensor, h: Tensor) -> Ten
     """``sum_j mix[t, j] delta_j * (mat (x_j * h_t))``: reads of ``mat * (delta_j x_j^T)`` (an
     entry-wise product with a fixed matrix), one product over all (row, source) pairs."""
     pairs = h.unsqueeze(-2) * x.unsqueeze(-3)  # (*lead, rows, src, in)
-    z = (pairs.flatten(-3, -2) @ mat.mT).unflatten(-2, pairs.shape[-3:-1])  # (*lead, rows, src, out)
+    z = _rows(pairs.flatten(-3, -2), mat).unflatten(-2, pairs.shape[-3:-1])  # (*lead, rows, src, out)
     return ((mix.unsqueeze(-1) * delta.unsqueeze(-3)) * z).sum(-2)
 
 
@@ -70,7 +78,7 @@ class Expansion:
         return self._read(h, dense, delta, x, mix)
 
     def _point(self, h: Tensor) -> Tensor:
-        return h @ self.weight.mT
+        return _rows(h, self.weight)
 
     def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
         raise NotImplementedError
@@ -92,7 +100,7 @@ class MaterialisedExpansion(Expansion):
     def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
         y = self._point(h)
         for c, m in dense:
-            y = y + _scaled(c, h @ self._tangent(self.a, m).mT)
+            y = y + _scaled(c, _rows(h, self._tangent(self.a, m)))
         outer = delta.unsqueeze(-1) * x.unsqueeze(-2)  # (*lead, src, out, in)
         jac = self._tangent(self.a.unsqueeze(-3), outer)
         return y + torch.einsum("...tj,...joi,...ti->...to", mix, jac, h)
@@ -119,15 +127,17 @@ class LqExpansion(Expansion):
         return self._g
 
     def _point(self, h: Tensor) -> Tensor:
-        return (h @ self.a.mT) / self.s
+        return _rows(h, self.a) / self.s
 
     def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
-        ha = h @ self.a.mT
+        ha = _rows(h, self.a)
         linear = _dual(delta, x, mix, h)
         inner = mix @ ((delta @ self.g) * x).sum(-1, keepdim=True)  # (*lead, rows, 1)
         for c, m in dense:
-            linear = linear + _scaled(c, h @ m.mT)
-            inner = inner + _scaled(c, torch.einsum("...ij,...ij->...", self.g, m)[..., None, None])
+            linear = linear + _scaled(c, _rows(h, m))
+            # <g, M> as a product and a sum: its backward is two broadcast products (an einsum's
+            # is a batched matrix product with an inner size of 1, far slower on a CPU)
+            inner = inner + _scaled(c, (self.g * m).sum(dim=(-2, -1), keepdim=True))
         return (ha + linear) / self.s - ha * (inner / self.s.square())
 
 
@@ -138,14 +148,14 @@ class SoftmaxExpansion(Expansion):
         self.p, self.c = torch.softmax(a, dim=-1), scale
 
     def _point(self, h: Tensor) -> Tensor:
-        return self.c * (h @ self.p.mT)
+        return self.c * _rows(h, self.p)
 
     def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
-        hp = h @ self.p.mT
-        y = hp - hp * (mix @ (delta * (x @ self.p.mT))) + _pairs(self.p, delta, x, mix, h)
+        hp = _rows(h, self.p)
+        y = hp - hp * (mix @ (delta * _rows(x, self.p))) + _pairs(self.p, delta, x, mix, h)
         for c, m in dense:
             pm = self.p * m
-            y = y + _scaled(c, h @ pm.mT - hp * pm.sum(-1).unsqueeze(-2))
+            y = y + _scaled(c, _rows(h, pm) - hp * pm.sum(-1).unsqueeze(-2))
         return self.c * y
 
 
@@ -158,5 +168,5 @@ class MaskExpansion(Expansion):
     def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
         y = self._point(h) + _pairs(self.mask, delta, x, mix, h)
         for c, m in dense:
-            y = y + _scaled(c, h @ (self.mask * m).mT)
+            y = y + _scaled(c, _rows(h, self.mask * m))
         return y

@@ -24,7 +24,11 @@ from memory_blocks import (
 from memory_blocks.functional.memorize_op import chunk as chunk_module
 from memory_blocks.functional.memorize_op.extended_chunk import window_matrix
 from memory_blocks.functional.readout_expansion import MaterialisedExpansion
-from memory_blocks.functional.memorize_op.newton_schulz import newton_schulz, orthogonal_step
+from memory_blocks.functional.memorize_op.newton_schulz import (
+    NEWTON_SCHULZ_COEFFICIENTS,
+    newton_schulz,
+    orthogonal_step,
+)
 
 from .cases import assert_close, assert_states_close, make_inputs, make_memory
 
@@ -204,6 +208,42 @@ def test_newton_schulz_keeps_singular_vectors_and_flattens_the_spectrum(seed: in
     # Well-conditioned directions (singular values not tiny) reach the band.
     good = s > 1e-3 * s.max()
     assert ((diag[good] > 0.5) & (diag[good] < 1.3)).all(), diag
+
+
+def _newton_schulz_as_written(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """Muon's iteration on the full matrix, ``X <- a X + (b A + c A^2) X`` with ``A = X X^T``
+    (``x`` transposed first when it is tall): the oracle of the Gram-side form."""
+    a, b, c = NEWTON_SCHULZ_COEFFICIENTS
+    wide = x.shape[-2] <= x.shape[-1]
+    y = x if wide else x.mT
+    y = y / y.square().sum(dim=(-2, -1), keepdim=True).sqrt()
+    for _ in range(steps):
+        gram = y @ y.mT
+        y = a * y + (b * gram + c * (gram @ gram)) @ y
+    return y if wide else y.mT
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    lead=st.sampled_from([(), (2,), (2, 3)]),
+    rows=st.integers(1, 7),
+    cols=st.integers(1, 7),
+    steps=st.integers(1, 5),
+)
+def test_newton_schulz_equals_the_iteration_as_written(
+    seed: int, lead: tuple[int, ...], rows: int, cols: int, steps: int
+) -> None:
+    """The Gram-side form (the iteration run on ``M`` with ``X_k = M X_0``) equals the
+    iteration on the full matrix in float64, wide, square and tall, with its gradients."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, rows, cols, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(*lead, rows, cols, generator=g, dtype=torch.float64)
+    ours, ref = newton_schulz(x, steps), _newton_schulz_as_written(x, steps)
+    assert_close(ours, ref, 1e-10)
+    (g_ours,) = torch.autograd.grad((ours * w).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    assert_close(g_ours, g_ref, 1e-8)
 
 
 def test_orthogonal_step_keeps_the_momentum_size_and_passes_vectors() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -25,6 +26,8 @@ def newton_schulz(x: Float[Tensor, "*batch rows cols"], steps: int = 5) -> Float
     ``x`` is first divided by its Frobenius norm, then ``steps`` times
     ``X <- a X + (b A + c A^2) X`` with ``A = X X^T`` (taken on the smaller side). The quintic
     coefficients leave the singular values in about ``[0.7, 1.2]`` rather than exactly at 1.
+    The iteration runs on the small side (``X_k = M_k X_0``, see the code): the same result up
+    to rounding for about half the arithmetic of iterating on the full matrix at 256 x 1024.
 
     Args:
         x: ``(*batch, rows, cols)`` matrices.
@@ -42,12 +45,27 @@ def newton_schulz(x: Float[Tensor, "*batch rows cols"], steps: int = 5) -> Float
         raise ValueError(f"newton_schulz: x must be a matrix (or a batch of them), got shape {tuple(x.shape)}")
     a, b, c = NEWTON_SCHULZ_COEFFICIENTS
     wide = x.shape[-2] <= x.shape[-1]
-    y = x if wide else x.mT
-    y = y / _frobenius(y)
+    y = x / _frobenius(x)
+    # Every iterate is a polynomial of the Gram matrix times the start: X_k = M_k X_0 (wide;
+    # X_0 M_k when tall), with X_k X_k^T = M_k G M_k^T for G = X_0 X_0^T. So the iteration runs
+    # on the small side only: per step two small products for the Gram matrix, one for its
+    # square and one to update M, instead of two products with the full matrix; the full matrix
+    # is read twice in all (G and the final M X_0). Tall matrices multiply from the right, so
+    # no transposed view of x (whose gradients would come back strided) is taken.
+    gram0 = y @ y.mT if wide else y.mT @ y
+    m: Tensor | None = None
     for _ in range(steps):
-        gram = y @ y.mT
-        y = a * y + (b * gram + c * (gram @ gram)) @ y
-    return y if wide else y.mT
+        if m is None:
+            gram = gram0
+        else:
+            gram = m @ gram0 @ m.mT if wide else m.mT @ gram0 @ m
+        poly = b * gram + c * (gram @ gram)
+        if m is None:
+            m = poly + a * torch.eye(poly.shape[-1], dtype=poly.dtype, device=poly.device)
+        else:
+            m = a * m + (poly @ m if wide else m @ poly)
+    assert m is not None  # steps >= 1
+    return m @ y if wide else y @ m
 
 
 def orthogonal_step(s: Float[Tensor, "..."], ndim: int, steps: int) -> Float[Tensor, "..."]:
