@@ -11,6 +11,12 @@ outputs or gradients are not all finite gets no figure (``--`` and ``finite: no`
     python benchmarks/bench_recipes.py                       # the table of docs/benchmarks.md
     python benchmarks/bench_recipes.py --lengths 1024 --recipes titans,atlas
     python benchmarks/bench_recipes.py --lengths 1024 --recipes titans,moneta,moneta:token
+    python benchmarks/bench_recipes.py --rounds 3          # median of 3 interleaved rounds
+
+On a shared or noisy machine the speed drifts by more than the differences between rows over
+the minutes a table takes. ``--rounds R`` runs every row R times, round after round (Titans
+first in each), and reports the median tokens/s of each row and the median and range of its
+per-round ratio to the Titans row of the same round.
 
 A row ``NAME:token`` (or ``NAME:chunk``) is the recipe with that ``retention_readout``: Moneta and
 Memora read their retention per chunk (the dual form); ``:token`` is the per-token rule.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -74,6 +81,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every row this many times, interleaved; report medians (see above)")
     parser.add_argument("--lengths", default="1024,4096")
     parser.add_argument("--recipes", default=",".join(RECIPE_ORDER))
     parser.add_argument("--row-timeout", type=float, default=600.0,
@@ -88,7 +97,25 @@ def main() -> None:
     if recipes[0] != "titans":
         recipes = ["titans", *[r for r in recipes if r != "titans"]]
     lengths = [int(n) for n in args.lengths.split(",")]
-    rows = []
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    rounds = [_round(args, recipes, lengths) for _ in range(args.rounds)]
+    print(f"dim {args.dim}, one head, MLP memory (2 layers, x4), chunk {args.chunk}, batch {args.batch}, "
+          f"{args.threads} threads, forward + backward, {args.rounds} round(s)")
+    print()
+    print("| recipe | tokens | tokens/s | titans / recipe | finite (outputs, grads) |")
+    print("|---|---:|---:|---:|---|")
+    for length in lengths:
+        for recipe in recipes:
+            runs = [rows[(recipe, length)] for rows in rounds]
+            bases = [rows[("titans", length)]["tokens_per_s"] for rows in rounds]
+            print(_table_row(args, recipe, length, runs, bases))
+
+
+def _round(args: argparse.Namespace, recipes: list[str], lengths: list[int]) -> dict[tuple[str, int], dict]:
+    """Every row once, each in its own process: ``(recipe, length) -> the worker's result``
+    (``finite`` ``None`` when the row timed out)."""
+    rows = {}
     for length in lengths:
         for recipe in recipes:
             cmd = [sys.executable, __file__, "--worker-recipe", recipe, "--worker-length", str(length)]
@@ -97,26 +124,31 @@ def main() -> None:
             try:
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=args.row_timeout).stdout
             except subprocess.TimeoutExpired:
-                rows.append({"recipe": recipe, "length": length, "finite": None, "tokens_per_s": None})
+                rows[(recipe, length)] = {"recipe": recipe, "length": length, "finite": None, "tokens_per_s": None}
                 continue
-            rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"dim {args.dim}, one head, MLP memory (2 layers, x4), chunk {args.chunk}, batch {args.batch}, "
-          f"{args.threads} threads, forward + backward")
-    print()
-    print("| recipe | tokens | tokens/s | titans / recipe | finite (outputs, grads) |")
-    print("|---|---:|---:|---:|---|")
-    for length in lengths:
-        base = next(r for r in rows if r["recipe"] == "titans" and r["length"] == length)["tokens_per_s"]
-        for r in (r for r in rows if r["length"] == length):
-            tps = r["tokens_per_s"]
-            if r["finite"] is None:  # timed out: an upper bound on the speed, nothing measured
-                bound = (1 + args.repeats) * args.batch * length / args.row_timeout
-                print(f"| {r['recipe']} | {length} | < {bound:,.1f} (timed out) | -- | not measured |")
-                continue
-            speed = "--" if tps is None else f"{tps:,.0f}"
-            ratio = "--" if tps is None or base is None else f"{base / tps:.2f}x slower"
-            print(f"| {r['recipe']} | {length} | {speed} | {ratio} | {'yes' if r['finite'] else 'no'} |")
+            rows[(recipe, length)] = json.loads(out.strip().splitlines()[-1])
+    return rows
 
+
+def _table_row(
+    args: argparse.Namespace, recipe: str, length: int, runs: list[dict], bases: list[float | None]
+) -> str:
+    """One line of the table from a row's rounds and the Titans rows of the same rounds."""
+    if any(r["finite"] is None for r in runs):  # timed out: an upper bound on the speed, nothing measured
+        bound = (1 + args.repeats) * args.batch * length / args.row_timeout
+        return f"| {recipe} | {length} | < {bound:,.1f} (timed out) | -- | not measured |"
+    finite = all(r["finite"] for r in runs)
+    speeds = [r["tokens_per_s"] for r in runs]
+    if not finite or any(t is None for t in speeds):
+        return f"| {recipe} | {length} | -- | -- | no |"
+    speed = f"{statistics.median(speeds):,.0f}"
+    ratios = [b / t for b, t in zip(bases, speeds) if b is not None]
+    if not ratios:
+        return f"| {recipe} | {length} | {speed} | -- | yes |"
+    ratio = f"{statistics.median(ratios):.2f}x slower"
+    if len(ratios) > 1:
+        ratio += f" ({min(ratios):.2f}-{max(ratios):.2f})"
+    return f"| {recipe} | {length} | {speed} | {ratio} | yes |"
 
 if __name__ == "__main__":
     main()

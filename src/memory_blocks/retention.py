@@ -82,6 +82,11 @@ class Retention:
     """
 
     linear: ClassVar[bool] = False
+    #: The readout only rescales each matrix (``phi(A) = A / s(A)``, ``s`` a scalar per matrix):
+    #: a token's read of its own ``phi(A_t)`` is its dual-form read of ``A_t`` over ``s(A_t)``,
+    #: so a built-in memory keeps the dual form with the per-token rule too (the expansion's
+    #: ``read_tokens``).
+    scales_only: ClassVar[bool] = False
     per_chunk: bool = field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
@@ -184,6 +189,7 @@ class LqNormalization(Retention):
         TypeError: when either is not a number.
     """
 
+    scales_only: ClassVar[bool] = True
     q: float = 4.0
     eps: float = 1e-6
 

@@ -46,12 +46,25 @@ def _dual(delta: Tensor, x: Tensor, mix: Tensor, h: Tensor) -> Tensor:
     return ((h @ x.mT) * mix) @ delta
 
 
-def _pairs(mat: Tensor, delta: Tensor, x: Tensor, mix: Tensor, h: Tensor) -> Tensor:
+def _pairs(mat: Tensor, delta: Tensor, x: Tensor, mix: Tensor, h: Tensor, causal: bool = False) -> Tensor:
     """``sum_j mix[t, j] delta_j * (mat (x_j * h_t))``: reads of ``mat * (delta_j x_j^T)`` (an
-    entry-wise product with a fixed matrix), one product over all (row, source) pairs."""
-    pairs = h.unsqueeze(-2) * x.unsqueeze(-3)  # (*lead, rows, src, in)
-    z = _rows(pairs.flatten(-3, -2), mat).unflatten(-2, pairs.shape[-3:-1])  # (*lead, rows, src, out)
-    return ((mix.unsqueeze(-1) * delta.unsqueeze(-3)) * z).sum(-2)
+    entry-wise product with a fixed matrix), one product over the (row, source) pairs: all of
+    them, or with ``causal`` (``mix`` lower triangular) only the pairs ``j <= t``, about half."""
+    if not causal:
+        pairs = h.unsqueeze(-2) * x.unsqueeze(-3)  # (*lead, rows, src, in)
+        z = _rows(pairs.flatten(-3, -2), mat).unflatten(-2, pairs.shape[-3:-1])  # (*lead, rows, src, out)
+        return ((mix.unsqueeze(-1) * delta.unsqueeze(-3)) * z).sum(-2)
+    n = h.shape[-2]
+    t, j = torch.tril_indices(n, n, device=h.device)  # pair p is (t[p], j[p]), j <= t
+    # The pairs' rows and sources are picked by one-hot (pairs, n) products rather than by
+    # indexing: their gradients are products too (an indexing's backward, an accumulating
+    # scatter, was slower than the pairs' own product here).
+    tokens = torch.arange(n, device=h.device)
+    at_t = (t.unsqueeze(-1) == tokens).to(h.dtype)
+    at_j = (j.unsqueeze(-1) == tokens).to(h.dtype)
+    z = _rows((at_t @ h) * (at_j @ x), mat)  # (*lead, pairs, out)
+    # Row t sums its own pairs, each weighted by mix[t, j]: a (rows, pairs) matrix.
+    return (at_t.mT * mix[..., t, j].unsqueeze(-2)) @ ((at_j @ delta) * z)
 
 
 class Expansion:
@@ -73,14 +86,46 @@ class Expansion:
         delta: Float[Tensor, "*lead src dim_out"],
         x: Float[Tensor, "*lead src dim_in"],
         mix: Float[Tensor, "*lead rows src"],
+        *,
+        causal: bool = False,
     ) -> Float[Tensor, "*lead rows dim_out"]:
-        """The expansion's read of every row (module docstring)."""
-        return self._read(h, dense, delta, x, mix)
+        """The expansion's read of every row (module docstring).
+
+        ``causal``: the rows and the sources are the same tokens and ``mix`` is lower triangular
+        (``mix[t, j] = 0`` for ``j > t``, as a chunk's mixing matrix is): the terms of the
+        pairs above the diagonal, zero, are not computed (about half of the pairwise work of
+        the KL and elastic-net readouts).
+
+        Raises:
+            ValueError: ``causal`` with a different number of rows and sources.
+        """
+        if causal and h.shape[-2] != x.shape[-2]:
+            raise ValueError(
+                f"Expansion.read: causal needs as many rows as sources, got {h.shape[-2]} and {x.shape[-2]}"
+            )
+        return self._read(h, dense, delta, x, mix, causal)
+
+    def read_tokens(
+        self,
+        h: Float[Tensor, "*lead rows dim_in"],
+        dense: Dense,
+        delta: Float[Tensor, "*lead rows dim_out"],
+        x: Float[Tensor, "*lead rows dim_in"],
+        mix: Float[Tensor, "*lead rows rows"],
+    ) -> Float[Tensor, "*lead rows dim_out"]:
+        """Row ``t`` read through its own ``phi(A_t)``, ``A_t = A + sum_k c_k[t] M_k + sum_j
+        mix[t, j] delta_j x_j^T`` (the per-token readout), for a readout that only rescales
+        (``Retention.scales_only``); the sources are the rows' own tokens.
+
+        Raises:
+            NotImplementedError: for a readout that does more than rescale each matrix.
+        """
+        raise NotImplementedError(f"{type(self).__name__}: only a rescaling readout reads each token's own weights")
 
     def _point(self, h: Tensor) -> Tensor:
         return _rows(h, self.weight)
 
-    def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+    def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor, causal: bool) -> Tensor:
         raise NotImplementedError
 
 
@@ -97,7 +142,7 @@ class MaterialisedExpansion(Expansion):
         self.a, self._tangent = a, tangent
         self.weight = readout(a)
 
-    def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+    def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor, causal: bool) -> Tensor:
         y = self._point(h)
         for c, m in dense:
             y = y + _scaled(c, _rows(h, self._tangent(self.a, m)))
@@ -111,7 +156,7 @@ class LqExpansion(Expansion):
     with ``g = ds/dA``; a read is the dual form over ``1 / s`` and one scalar per direction."""
 
     def __init__(self, a: Tensor, q: float, eps: float) -> None:
-        self.a, self.q = a, q
+        self.a, self.q, self.eps = a, q, eps
         # |A|^(q - 2), shared by the norm and its gradient (a square at MIRAS' q = 4)
         self._power = a.square() if q == 4 else a.abs().pow(q - 2)
         total = (self._power * a.square()).sum(dim=(-2, -1), keepdim=True) + eps
@@ -129,7 +174,31 @@ class LqExpansion(Expansion):
     def _point(self, h: Tensor) -> Tensor:
         return _rows(h, self.a) / self.s
 
-    def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+    def read_tokens(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+        """``A_t h_t / s(A_t)`` per row: the read of ``A_t`` in the dual form, over the scale of
+        the row's own accumulator (materialised for its norm only: ``rows`` matrices)."""
+        linear = _rows(h, self.a) + _dual(delta, x, mix, h)
+        for c, m in dense:
+            linear = linear + _scaled(c, _rows(h, m))
+        # One row at a time: a matrix the size of the weights stays in cache (all the rows'
+        # accumulators at once are chunk x the weights, and every pass over them a trip to memory).
+        lead = self.a.shape[:-2]
+        flat = self.a.flatten(0, -3) if lead else self.a.unsqueeze(0)  # (N, out, in)
+        left = (mix.unsqueeze(-1) * delta.unsqueeze(-3)).mT.reshape(flat.shape[0], *mix.shape[-2:-1], -1, mix.shape[-1])
+        right = x.reshape(flat.shape[0], *x.shape[-2:])
+        totals = []
+        for t in range(h.shape[-2]):
+            start = self.a
+            for c, m in dense:
+                start = start + m if c is None else torch.addcmul(start, c[..., t : t + 1, :], m)
+            start = start.reshape(flat.shape)
+            own = torch.baddbmm(start, left[:, t], right)  # the row's own accumulator
+            power = own.square().square() if self.q == 4 else own.abs().pow(self.q)
+            totals.append(power.sum(dim=(-2, -1)))
+        total = torch.stack(totals, dim=-1).reshape(*lead, h.shape[-2]) + self.eps  # (*lead, rows)
+        return linear / total.pow((self.q - 2) / self.q).unsqueeze(-1)
+
+    def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor, causal: bool) -> Tensor:
         ha = _rows(h, self.a)
         linear = _dual(delta, x, mix, h)
         inner = mix @ ((delta @ self.g) * x).sum(-1, keepdim=True)  # (*lead, rows, 1)
@@ -150,9 +219,9 @@ class SoftmaxExpansion(Expansion):
     def _point(self, h: Tensor) -> Tensor:
         return self.c * _rows(h, self.p)
 
-    def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+    def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor, causal: bool) -> Tensor:
         hp = _rows(h, self.p)
-        y = hp - hp * (mix @ (delta * _rows(x, self.p))) + _pairs(self.p, delta, x, mix, h)
+        y = hp - hp * (mix @ (delta * _rows(x, self.p))) + _pairs(self.p, delta, x, mix, h, causal)
         for c, m in dense:
             pm = self.p * m
             y = y + _scaled(c, _rows(h, pm) - hp * pm.sum(-1).unsqueeze(-2))
@@ -165,8 +234,8 @@ class MaskExpansion(Expansion):
     def __init__(self, weight: Tensor, mask: Tensor) -> None:
         self.weight, self.mask = weight, mask
 
-    def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
-        y = self._point(h) + _pairs(self.mask, delta, x, mix, h)
+    def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor, causal: bool) -> Tensor:
+        y = self._point(h) + _pairs(self.mask, delta, x, mix, h, causal)
         for c, m in dense:
             y = y + _scaled(c, _rows(h, self.mask * m))
         return y

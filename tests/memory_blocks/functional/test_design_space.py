@@ -279,6 +279,8 @@ def test_retention_readouts_match_their_formulas() -> None:
 
 CHUNK_READOUTS = {"lq": LqNormalization(q=4.0, per_chunk=True), "lq3": LqNormalization(q=3.0, per_chunk=True),
                   "kl": KLRetention(per_chunk=True), "elastic": ElasticNet(threshold=0.05, per_chunk=True)}
+# Readouts that only rescale each matrix keep the dual form per token as well.
+DUAL_FORM_READOUTS = {**CHUNK_READOUTS, "lq_token": LqNormalization(q=4.0), "lq3_token": LqNormalization(q=3.0)}
 
 
 @pytest.mark.parametrize("kind", ["linear_bias", "mlp2", "gated"])
@@ -287,7 +289,7 @@ CHUNK_READOUTS = {"lq": LqNormalization(q=4.0, per_chunk=True), "lq3": LqNormali
     seed=st.integers(0, 10_000),
     seq=st.integers(1, 13),
     chunk=st.integers(1, 5),
-    name=st.sampled_from(sorted(CHUNK_READOUTS)),
+    name=st.sampled_from(sorted(DUAL_FORM_READOUTS)),
     forget=st.sampled_from(["zero", "init"]),
     momentum=st.booleans(),
     cut=st.integers(1, 12),
@@ -298,7 +300,8 @@ def test_chunk_readout_dual_form_equals_naive(
     """The per-chunk readout of a built-in memory runs in the dual form (``readout_chunk``, no
     per-token weights) and equals the token loop, which expands ``phi`` with forward-mode
     autograd: in one call and in two streamed pieces, gradients of the inputs, the gates and the
-    memory's weights included."""
+    memory's weights included. So does the per-token ``l_q`` readout (a rescaling: each token's
+    dual-form read over its own accumulator's scale), against the loop's ``phi(A_t)``."""
     mem = make_memory(kind, 4, seed)
     x = make_inputs(seed, 2, 2, seq, 4, lr_scale=0.3, momentum=momentum)
     for field in ("q", "k", "v", "lr", "momentum", "decay"):  # gradients of the inputs and gates too
@@ -306,7 +309,7 @@ def test_chunk_readout_dual_form_equals_naive(
         if t is not None:
             setattr(x, field, t.clone().requires_grad_())
     params = [t for t in x.args() if t is not None] + list(mem.parameters())
-    kw = dict(chunk_size=chunk, forget_target=forget, retention=CHUNK_READOUTS[name])
+    kw = dict(chunk_size=chunk, forget_target=forget, retention=DUAL_FORM_READOUTS[name])
     y_n, s_n = memorize_naive(mem, *x.args(), **kw)
     g_n = _grads(y_n, params)
     with mock.patch.object(chunk_module, "readout_chunk", wraps=chunk_module.readout_chunk) as spy:
@@ -368,6 +371,14 @@ def test_expansions_match_the_materialised_derivative(name: str) -> None:
         w = r.readout(a, 2) + torch.func.jvp(lambda z: r.readout(z, 2), (a,), (direction,))[1]
         expected.append((w @ h[..., t, :, None]).squeeze(-1))
     assert_close(slow.read(h, dense, delta, xs, mix), torch.stack(expected, dim=-2), 1e-12)
+    # A chunk's read (rows = sources, mix lower triangular) skips the pairs above the diagonal.
+    tri, rows = mix[..., :6, :].tril(), h[..., :6, :]
+    dense6 = [(dense[0][0][..., :6, :], dense[0][1]), dense[1]]
+    assert_close(
+        fast.read(rows, dense6, delta, xs, tri, causal=True), slow.read(rows, dense6, delta, xs, tri), 1e-12
+    )
+    with pytest.raises(ValueError, match="causal needs as many rows as sources"):
+        fast.read(h, dense, delta, xs, mix, causal=True)
 
 
 def test_per_chunk_must_be_a_bool() -> None:

@@ -50,7 +50,7 @@ from memory_blocks.functional.memorize_op.generic_chunk import generic_chunk
 from memory_blocks.functional.memorize_op.fused_block import fused_block
 from memory_blocks.functional.losses import is_squared_error, squared_error
 from memory_blocks.functional.memorize_op.recompute import recompute_block
-from memory_blocks.functional.memorize_op.readout_chunk import readout_chunk
+from memory_blocks.functional.memorize_op.readout_chunk import readout_chunk, takes_dual_form
 from memory_blocks.functional.memorize_op.recurrence import ChunkCoefficients, chunk_coefficients
 from memory_blocks.functional.state import MemoryState
 from memory_blocks.functional.validate import check_forget_target, check_memorize_args
@@ -274,11 +274,9 @@ def _memorize_extended(
     # (Always seen through Retained, whose ``factored`` is false: the recompute of a block then
     # keeps plain autograd instead of a weight tape.)
     factored = design.retention is None and memory.factored
-    # A per-chunk readout keeps a built-in memory's dual form too (one chunk at a time).
-    expanded = (
-        design.retention is not None and design.retention.per_chunk and memory.factored and not windowed
-        and design.steps == 0
-    )
+    # A per-chunk readout keeps a built-in memory's dual form too (one chunk at a time), and so
+    # does a readout that only rescales each matrix (l_q), per token.
+    expanded = takes_dual_form(design.retention) and memory.factored and not windowed and design.steps == 0
     mem: Any = Retained(memory, design.retention)
     base = None
     if forget_target == "init" and decay is not None:

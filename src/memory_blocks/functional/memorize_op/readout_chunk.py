@@ -12,6 +12,11 @@ coordinates; ``S`` the momentum), so ``J`` needs only the three full directions 
 :meth:`~memory_blocks.Retention.expand`: no weights are built per token. Exact with
 respect to :func:`~memory_blocks.memorize_naive`, which expands ``phi`` with forward-mode
 autograd.
+
+A readout that only rescales each matrix (``Retention.scales_only``: ``l_q``,
+``phi(A) = A / s(A)``) keeps the dual form with the per-token rule too: token ``t`` reads
+``A_t h_t / s(A_t)``, the dual-form read of ``A_t`` over the scale of its own accumulator
+(``Expansion.read_tokens``; the chunk's accumulators are materialised for their norms only).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from memory_blocks.functional.memorize_op.fast_ops import DualOps, Factor, KeyPa
 from memory_blocks.functional.memorize_op.recurrence import ChunkCoefficients, momentum_at_end, weights_at
 from memory_blocks.functional.readout_expansion import Expansion
 
-__all__ = ["readout_chunk"]
+__all__ = ["readout_chunk", "takes_dual_form"]
 
 Weights = dict[str, Tensor]
 
@@ -49,7 +54,8 @@ class _PointOps:
 
 class _ExpandedOps:
     """Reads ``phi(A_0) + J[A_t - A_0]`` per row (the last row ``phi(A_end)`` when ``end`` is
-    given); vectors keep the identity readout and read ``A_t`` itself."""
+    given), or with ``per_token`` each row's own ``phi(A_t)`` (a rescaling readout,
+    ``Expansion.read_tokens``); vectors keep the identity readout and read ``A_t`` itself."""
 
     def __init__(
         self,
@@ -58,8 +64,10 @@ class _ExpandedOps:
         anchor: Weights | None,
         base: Weights | None,
         end: dict[str, Expansion] | None,
+        per_token: bool = False,
     ) -> None:
         self.expansions, self.dual, self.anchor, self.base, self.end = expansions, dual, anchor, base, end
+        self.per_token = per_token
 
     def linear(self, name: str, h: Tensor) -> Tensor:
         dual = self.dual
@@ -72,7 +80,10 @@ class _ExpandedOps:
         if dual.gamma is not None and dual.momentum is not None:
             dense.append((dual.gamma, dual.momentum[name]))
         delta, x = dual.factors[name]
-        y = self.expansions[name].read(h, dense, delta, x, -dual.mix[name])
+        if self.per_token:
+            return self.expansions[name].read_tokens(h, dense, delta, x, -dual.mix[name])
+        # a chunk's mixing matrix is lower triangular: the pairs j > t are zero
+        y = self.expansions[name].read(h, dense, delta, x, -dual.mix[name], causal=True)
         if self.end is not None:
             y = torch.cat([y[..., :-1, :], self.end[name].read_point(h[..., -1:, :])], dim=-2)
         return y
@@ -80,6 +91,13 @@ class _ExpandedOps:
     def vector(self, name: str) -> Tensor:
         w = self.dual.vector(name)
         return w if self.base is None else w + self.base[name]
+
+
+def takes_dual_form(retention: Any) -> bool:
+    """Whether a retention's readout keeps a built-in memory's dual form here: the per-chunk
+    readout (``per_chunk``), or a readout that only rescales each matrix (``scales_only``:
+    every token reads its own ``phi(A_t)`` exactly)."""
+    return retention is not None and (retention.per_chunk or retention.scales_only)
 
 
 @torch.compiler.disable  # takes inner gradients with torch.autograd.grad: runs eagerly under torch.compile
@@ -111,8 +129,11 @@ def readout_chunk(
     """
     tokens = q.shape[-2]
     view = retained(memory)
-    if view is None or not view.per_chunk or newton_schulz_steps or k.shape[-2] != tokens:
-        raise ValueError("readout_chunk: needs a per-chunk retention, no Omega window and no Muon")
+    if view is None or not takes_dual_form(view.retention) or newton_schulz_steps or k.shape[-2] != tokens:
+        raise ValueError(
+            "readout_chunk: needs a per-chunk or rescaling retention, no Omega window and no Muon"
+        )
+    per_token = not view.per_chunk
     if tokens > chunk:
         raise ValueError(f"readout_chunk: got {tokens} tokens for a chunk of {chunk}")
     base = getattr(memory, "base", None)
@@ -135,8 +156,8 @@ def readout_chunk(
     mix = {name: coef.mix[key] for name, key in lr_keys.items()}
     dual = DualOps(weights, mom, coef.beta, coef.gamma, mix, factors)
     end = None
-    if not need_last_anchor:  # the chunk's last token reads phi(A_end) exactly
+    if not need_last_anchor and not per_token:  # the chunk's last token reads phi(A_end) exactly
         end = {n: retention.expand(a) for n, a in accumulator(memory, new_weights).items() if a.ndim > 3}
-    reads = _ExpandedOps(expansions, dual, None if anchor is weights else anchor, base, end)
+    reads = _ExpandedOps(expansions, dual, None if anchor is weights else anchor, base, end, per_token)
     y = raw.forward_ops(reads, q)
     return y, new_weights, new_momentum, anchor if need_last_anchor else None
