@@ -182,20 +182,20 @@ class LqExpansion(Expansion):
             linear = linear + _scaled(c, _rows(h, m))
         # One row at a time: a matrix the size of the weights stays in cache (all the rows'
         # accumulators at once are chunk x the weights, and every pass over them a trip to memory).
-        lead = self.a.shape[:-2]
-        flat = self.a.flatten(0, -3) if lead else self.a.unsqueeze(0)  # (N, out, in)
-        left = (mix.unsqueeze(-1) * delta.unsqueeze(-3)).mT.reshape(flat.shape[0], *mix.shape[-2:-1], -1, mix.shape[-1])
-        right = x.reshape(flat.shape[0], *x.shape[-2:])
+        rows, src = mix.shape[-2:]
+        out, inn = self.a.shape[-2:]
+        # The factored part of row t's accumulator is left[:, t] @ right (leading dims flattened).
+        left = (mix.unsqueeze(-1) * delta.unsqueeze(-3)).mT.reshape(-1, rows, out, src)
+        right = x.reshape(-1, src, inn)
         totals = []
-        for t in range(h.shape[-2]):
+        for t in range(rows):
             start = self.a
             for c, m in dense:
-                start = start + m if c is None else torch.addcmul(start, c[..., t : t + 1, :], m)
-            start = start.reshape(flat.shape)
-            own = torch.baddbmm(start, left[:, t], right)  # the row's own accumulator
+                start = (start + m) if c is None else torch.addcmul(start, c[..., t : t + 1, :], m)
+            own = torch.baddbmm(start.reshape(-1, out, inn), left[:, t], right)  # row t's accumulator
             power = own.square().square() if self.q == 4 else own.abs().pow(self.q)
             totals.append(power.sum(dim=(-2, -1)))
-        total = torch.stack(totals, dim=-1).reshape(*lead, h.shape[-2]) + self.eps  # (*lead, rows)
+        total = torch.stack(totals, dim=-1).reshape(mix.shape[:-1]) + self.eps  # (*lead, rows)
         return linear / total.pow((self.q - 2) / self.q).unsqueeze(-1)
 
     def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor, causal: bool) -> Tensor:

@@ -23,7 +23,9 @@ predecessor left. Inside a chunk everything is batched over tokens, batch and he
   slower.
 - A call with a design-space rule (a nonlinear retention readout, the Omega rule, Muon) runs
   chunk by chunk through :mod:`memory_blocks.functional.memorize_op.extended_chunk` (the fused
-  and block paths do not take those rules), every chunk recomputed in the backward pass.
+  and block paths do not take those rules), every chunk recomputed in the backward pass; a
+  built-in memory with a per-chunk readout, or with a readout that only rescales (``l_q``, per
+  token too), keeps its dual form there (:mod:`memory_blocks.functional.memorize_op.readout_chunk`).
 """
 
 from __future__ import annotations
