@@ -76,16 +76,17 @@ class Retention:
 
     Attributes:
         linear: ``True`` when the readout is the identity (the fast paths apply).
+        scales_only: ``True`` when the readout only rescales each matrix (``phi(A) = A / s(A)``,
+            ``s`` a scalar per matrix, as ``l_q``): a token's read of its own ``phi(A_t)`` is its
+            dual-form read of ``A_t`` over ``s(A_t)``, so a built-in memory keeps the dual form
+            with the per-token rule too (the expansion's ``read_tokens``, which such a retention's
+            ``expand`` must provide).
 
     Raises:
         TypeError: when ``per_chunk`` is not a bool.
     """
 
     linear: ClassVar[bool] = False
-    #: The readout only rescales each matrix (``phi(A) = A / s(A)``, ``s`` a scalar per matrix):
-    #: a token's read of its own ``phi(A_t)`` is its dual-form read of ``A_t`` over ``s(A_t)``,
-    #: so a built-in memory keeps the dual form with the per-token rule too (the expansion's
-    #: ``read_tokens``).
     scales_only: ClassVar[bool] = False
     per_chunk: bool = field(default=False, kw_only=True)
 
