@@ -150,5 +150,6 @@ def _table_row(
         ratio += f" ({min(ratios):.2f}-{max(ratios):.2f})"
     return f"| {recipe} | {length} | {speed} | {ratio} | yes |"
 
+
 if __name__ == "__main__":
     main()

@@ -46,6 +46,15 @@ def _dual(delta: Tensor, x: Tensor, mix: Tensor, h: Tensor) -> Tensor:
     return ((h @ x.mT) * mix) @ delta
 
 
+def _change(h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+    """``(A_t - A) h_t`` per row: the full directions and the factored gradients, read as they
+    are (``sum_k c_k[t] M_k h_t + sum_j mix[t, j] (x_j . h_t) delta_j``)."""
+    y = _dual(delta, x, mix, h)
+    for c, m in dense:
+        y = y + _scaled(c, _rows(h, m))
+    return y
+
+
 def _pairs(mat: Tensor, delta: Tensor, x: Tensor, mix: Tensor, h: Tensor, causal: bool = False) -> Tensor:
     """``sum_j mix[t, j] delta_j * (mat (x_j * h_t))``: reads of ``mat * (delta_j x_j^T)`` (an
     entry-wise product with a fixed matrix), one product over the (row, source) pairs: all of
@@ -120,13 +129,16 @@ class Expansion:
         Raises:
             NotImplementedError: for a readout that does more than rescale each matrix.
         """
-        raise NotImplementedError(f"{type(self).__name__}: only a rescaling readout reads each token's own weights")
+        return self._read_tokens(h, dense, delta, x, mix)
 
     def _point(self, h: Tensor) -> Tensor:
         return _rows(h, self.weight)
 
     def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor, causal: bool) -> Tensor:
         raise NotImplementedError
+
+    def _read_tokens(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__}: only a rescaling readout reads each token's own weights")
 
 
 class MaterialisedExpansion(Expansion):
@@ -174,12 +186,10 @@ class LqExpansion(Expansion):
     def _point(self, h: Tensor) -> Tensor:
         return _rows(h, self.a) / self.s
 
-    def read_tokens(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
+    def _read_tokens(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
         """``A_t h_t / s(A_t)`` per row: the read of ``A_t`` in the dual form, over the scale of
         the row's own accumulator (materialised for its norm only: ``rows`` matrices)."""
-        linear = _rows(h, self.a) + _dual(delta, x, mix, h)
-        for c, m in dense:
-            linear = linear + _scaled(c, _rows(h, m))
+        linear = _rows(h, self.a) + _change(h, dense, delta, x, mix)
         # One row at a time: a matrix the size of the weights stays in cache (all the rows'
         # accumulators at once are chunk x the weights, and every pass over them a trip to memory).
         rows, src = mix.shape[-2:]
@@ -200,10 +210,9 @@ class LqExpansion(Expansion):
 
     def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor, causal: bool) -> Tensor:
         ha = _rows(h, self.a)
-        linear = _dual(delta, x, mix, h)
+        linear = _change(h, dense, delta, x, mix)
         inner = mix @ ((delta @ self.g) * x).sum(-1, keepdim=True)  # (*lead, rows, 1)
         for c, m in dense:
-            linear = linear + _scaled(c, _rows(h, m))
             # <g, M> as a product and a sum: its backward is two broadcast products (an einsum's
             # is a batched matrix product with an inner size of 1, far slower on a CPU)
             inner = inner + _scaled(c, (self.g * m).sum(dim=(-2, -1), keepdim=True))

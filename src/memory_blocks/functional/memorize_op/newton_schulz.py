@@ -53,18 +53,12 @@ def newton_schulz(x: Float[Tensor, "*batch rows cols"], steps: int = 5) -> Float
     # is read twice in all (G and the final M X_0). Tall matrices multiply from the right, so
     # no transposed view of x (whose gradients would come back strided) is taken.
     gram0 = y @ y.mT if wide else y.mT @ y
-    m: Tensor | None = None
-    for _ in range(steps):
-        if m is None:
-            gram = gram0
-        else:
-            gram = m @ gram0 @ m.mT if wide else m.mT @ gram0 @ m
+    # The first step from M_0 = I: M_1 = a I + b G + c G^2.
+    m = b * gram0 + c * (gram0 @ gram0) + a * torch.eye(gram0.shape[-1], dtype=gram0.dtype, device=gram0.device)
+    for _ in range(steps - 1):
+        gram = m @ gram0 @ m.mT if wide else m.mT @ gram0 @ m
         poly = b * gram + c * (gram @ gram)
-        if m is None:
-            m = poly + a * torch.eye(poly.shape[-1], dtype=poly.dtype, device=poly.device)
-        else:
-            m = a * m + (poly @ m if wide else m @ poly)
-    assert m is not None  # steps >= 1
+        m = a * m + (poly @ m if wide else m @ poly)
     return m @ y if wide else y @ m
 
 
