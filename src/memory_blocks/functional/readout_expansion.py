@@ -17,16 +17,15 @@ coefficients ``c_k`` are ``(*lead, rows, 1)`` (or ``None`` for 1); ``delta`` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["Expansion", "LqExpansion", "MaskExpansion", "MaterialisedExpansion", "SoftmaxExpansion"]
+from memory_blocks.functional.token_powers import Dense, token_powers
 
-#: Full directions ``M_k`` with their per-row coefficients ``c_k`` (``None``: 1).
-Dense = Sequence[tuple[Tensor | None, Tensor]]
+__all__ = ["Expansion", "LqExpansion", "MaskExpansion", "MaterialisedExpansion", "SoftmaxExpansion"]
 
 
 def _scaled(c: Tensor | None, t: Tensor) -> Tensor:
@@ -38,6 +37,10 @@ def _rows(h: Tensor, mat: Tensor) -> Tensor:
     returns ``mat``'s gradient in ``mat``'s own layout: a transposed gradient would make every
     full-size elementwise operation behind it (softmax backward, sums of gradients) walk memory
     across rows, many times slower on a CPU."""
+    if h.shape[-2] == 1:
+        # One row (a chunk's last token): a product and a sum. As a matrix product its
+        # backward reads the transposed matrix against a vector, several times slower.
+        return (mat * h).sum(-1).unsqueeze(-2)
     return (mat @ h.mT).mT
 
 
@@ -188,24 +191,10 @@ class LqExpansion(Expansion):
 
     def _read_tokens(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor) -> Tensor:
         """``A_t h_t / s(A_t)`` per row: the read of ``A_t`` in the dual form, over the scale of
-        the row's own accumulator (materialised for its norm only: ``rows`` matrices)."""
+        the row's own accumulator, whose power sum :func:`token_powers` takes one row at a time
+        (no matrix per row is kept)."""
         linear = _rows(h, self.a) + _change(h, dense, delta, x, mix)
-        # One row at a time: a matrix the size of the weights stays in cache (all the rows'
-        # accumulators at once are chunk x the weights, and every pass over them a trip to memory).
-        rows, src = mix.shape[-2:]
-        out, inn = self.a.shape[-2:]
-        # The factored part of row t's accumulator is left[:, t] @ right (leading dims flattened).
-        left = (mix.unsqueeze(-1) * delta.unsqueeze(-3)).mT.reshape(-1, rows, out, src)
-        right = x.reshape(-1, src, inn)
-        totals = []
-        for t in range(rows):
-            start = self.a
-            for c, m in dense:
-                start = (start + m) if c is None else torch.addcmul(start, c[..., t : t + 1, :], m)
-            own = torch.baddbmm(start.reshape(-1, out, inn), left[:, t], right)  # row t's accumulator
-            power = own.square().square() if self.q == 4 else own.abs().pow(self.q)
-            totals.append(power.sum(dim=(-2, -1)))
-        total = torch.stack(totals, dim=-1).reshape(mix.shape[:-1]) + self.eps  # (*lead, rows)
+        total = token_powers(self.a, dense, delta, x, mix, self.q) + self.eps  # (*lead, rows)
         return linear / total.pow((self.q - 2) / self.q).unsqueeze(-1)
 
     def _read(self, h: Tensor, dense: Dense, delta: Tensor, x: Tensor, mix: Tensor, causal: bool) -> Tensor:
