@@ -51,6 +51,7 @@ from memory_blocks.functional.readout_expansion import (
     MaterialisedExpansion,
     SoftmaxExpansion,
 )
+from memory_blocks.functional.token_powers import abs_power
 
 __all__ = ["ElasticNet", "KLRetention", "L2Decay", "LqNormalization", "RETENTIONS", "Retention"]
 
@@ -205,8 +206,8 @@ class LqNormalization(Retention):
     def _scale(self, a: Tensor, ndim: int) -> tuple[Tensor, Tensor]:
         """``s = (||A||_q^q + eps)^((q - 2) / q)`` per matrix and its gradient ``ds/dA``."""
         dims = tuple(range(-ndim, 0))
-        total = a.abs().pow(self.q).sum(dim=dims, keepdim=True) + self.eps
-        grad = (self.q - 2) * total.pow(-2 / self.q) * a * a.abs().pow(self.q - 2)
+        total = abs_power(a, self.q).sum(dim=dims, keepdim=True) + self.eps
+        grad = (self.q - 2) * total.pow(-2 / self.q) * a * abs_power(a, self.q - 2)
         return total.pow((self.q - 2) / self.q), grad
 
     def tangent(self, a: Float[Tensor, "..."], m: Float[Tensor, "..."], ndim: int) -> Float[Tensor, "..."]:

@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from memory_blocks.functional.token_powers import Dense, token_powers
+from memory_blocks.functional.token_powers import Dense, abs_power, token_powers
 
 __all__ = ["Expansion", "LqExpansion", "MaskExpansion", "MaterialisedExpansion", "SoftmaxExpansion"]
 
@@ -173,7 +173,7 @@ class LqExpansion(Expansion):
     def __init__(self, a: Tensor, q: float, eps: float) -> None:
         self.a, self.q, self.eps = a, q, eps
         # |A|^(q - 2), shared by the norm and its gradient (a square at MIRAS' q = 4)
-        self._power = a.square() if q == 4 else a.abs().pow(q - 2)
+        self._power = abs_power(a, q - 2)
         total = (self._power * a.square()).sum(dim=(-2, -1), keepdim=True) + eps
         self._total = total
         self.s = total.pow((q - 2) / q)

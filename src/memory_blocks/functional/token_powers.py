@@ -30,18 +30,27 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["token_powers", "token_powers_reference"]
+__all__ = ["abs_power", "token_powers", "token_powers_reference"]
 
 #: Full directions ``M_k`` with their per-row coefficients ``c_k`` (``None``: 1).
 Dense = Sequence[tuple[Tensor | None, Tensor]]
 
 
+def abs_power(a: Float[Tensor, "..."], p: float) -> Float[Tensor, "..."]:
+    """``|a|^p`` entry-wise, differentiable; by products where ``p`` is 2 or 4 (``pow(4)`` of a
+    weight-sized matrix takes 10-20 times as long as two squares on a CPU)."""
+    if p == 2:
+        return a.square()
+    if p == 4:
+        return a.square().square()
+    return a.abs().pow(p)
+
+
 def _power_sum(a: Tensor, q: float, scratch: Tensor | None = None) -> Tensor:
-    """``sum |a|^q`` over the last two dimensions, in place in ``scratch`` (``a``'s shape) when given.
-    (``square`` twice at ``q = 4``: ``pow(4)`` and ``vector_norm(ord=4)`` take 10-20 times as long
-    on a CPU; and a fresh full-size temporary per token costs as much again in page faults.)"""
+    """``sum |a|^q`` over the last two dimensions, in place in ``scratch`` (``a``'s shape) when
+    given (a fresh full-size temporary per token costs as much again in page faults)."""
     if scratch is None:  # (differentiable: the reference's form)
-        return (a.square().square() if q == 4 else a.abs().pow(q)).sum(dim=(-2, -1))
+        return abs_power(a, q).sum(dim=(-2, -1))
     if q == 4:
         return torch.square(a, out=scratch).square_().sum(dim=(-2, -1))
     return torch.abs(a, out=scratch).pow_(q).sum(dim=(-2, -1))
