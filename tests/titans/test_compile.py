@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,25 +27,62 @@ from tests.titans.helpers import MEMORY_VARIANTS, VARIANTS
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def probe(*args: str) -> dict:
+#: The probes this module runs, each in its own process. All of them start together when the
+#: module's first test asks for one (tracing and compiling are mostly single-threaded Python:
+#: on a 2-core machine two at a time take about half the wall time of one after another).
+PROBES = {
+    "breaks": ("breaks",),
+    "equal": ("equal", ",".join(MEMORY_VARIANTS)),
+    "memorize": ("memorize", "3"),
+    "blocks": ("blocks", "aot_eager"),
+}
+
+
+def _start(*args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="2")
-    done = subprocess.run(
+               OMP_NUM_THREADS="1")
+    return subprocess.Popen(
         [sys.executable, "-m", "tests.titans.compile_probe", *args], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=900,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class _Probes:
+    """The running probes; :meth:`result` waits for one and reads its JSON line."""
+
+    def __init__(self) -> None:
+        self.running = {name: _start(*args) for name, args in PROBES.items()}
+        self.results: dict[str, dict] = {}
+
+    def result(self, name: str) -> dict:
+        if name not in self.results:
+            out, err = self.running[name].communicate(timeout=1200)
+            assert self.running[name].returncode == 0, err[-3000:]
+            self.results[name] = json.loads(out.strip().splitlines()[-1])
+        return self.results[name]
+
+    def stop(self) -> None:
+        for proc in self.running.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
 
 @pytest.fixture(scope="module")
-def graph_breaks() -> dict:
-    return probe("breaks")
+def probes() -> Iterator[_Probes]:
+    running = _Probes()
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="module")
-def compiled() -> dict:
-    return probe("equal", ",".join(MEMORY_VARIANTS))
+def graph_breaks(probes: _Probes) -> dict:
+    return probes.result("breaks")
+
+
+@pytest.fixture(scope="module")
+def compiled(probes: _Probes) -> dict:
+    return probes.result("equal")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -74,16 +112,16 @@ def test_compiled_model_continues_an_eager_stream(compiled: dict) -> None:
     assert compiled["stream"] <= 1e-12
 
 
-def test_compiled_memorize_equals_the_token_loop() -> None:
+def test_compiled_memorize_equals_the_token_loop(probes: _Probes) -> None:
     # Hypothesis inside the probe (3 derandomized examples: each compiles anew): sizes from one
     # token to several chunks with a partial last chunk, chunk sizes 1/3/4, linear and MLP
     # memories, forgetting towards W_0 and towards zero; outputs and every gradient, float64.
-    assert probe("memorize", "3")["failures"] == []
+    assert probes.result("memorize")["failures"] == []
 
 
-def test_compiled_blocks_equal_the_eager_layer() -> None:
+def test_compiled_blocks_equal_the_eager_layer(probes: _Probes) -> None:
     # NeuralMemory(compile_blocks=...): the hand-written block alone under torch.compile, one
     # graph per block shape; outputs, streamed state and all 15 parameters' gradients, float64.
-    found = probe("blocks", "aot_eager")
+    found = probes.result("blocks")
     assert found["grads"] == 15
     assert found["y"] <= 1e-12 and found["state"] <= 1e-12 and found["grad"] <= 1e-10

@@ -179,7 +179,7 @@ class _TokenPowers(torch.autograd.Function):
                 if scaled[j] is not None:
                     d_ms[j].addcmul_(r, scaled[j][t])  # type: ignore[index,union-attr]
                     dots[j][t] = _dot(r, m)  # type: ignore[index]
-            torch.bmm(r, walk.right.mT, out=d_left[:, t])
+            d_left[:, t] = torch.bmm(r, walk.right.mT)
             d_right.baddbmm_(left_w[:, t], r)
         d_left.mul_(w.view(n, rows, 1, 1))
         lead = mix.shape[:-2]
