@@ -12,9 +12,13 @@ outputs or gradients are not all finite gets no figure (``--`` and ``finite: no`
     python benchmarks/bench_recipes.py --lengths 1024 --recipes titans,atlas
     python benchmarks/bench_recipes.py --lengths 1024 --recipes titans,moneta,moneta:token
     python benchmarks/bench_recipes.py --rounds 3          # median of 3 interleaved rounds
+    python benchmarks/bench_recipes.py --paired --repeats 4 --lengths 1024 --recipes memora
 
 On a shared or noisy machine the speed drifts by more than the differences between rows over
-the minutes a table takes. ``--rounds R`` runs every row R times, round after round (Titans
+the minutes a table takes. ``--paired`` puts the Titans layer and the recipe's layer in one
+process and alternates their steps (``--repeats`` recipe steps between ``--repeats + 1`` Titans
+steps): each ratio compares steps taken seconds apart, and the table gives the median and range
+of all of them (the Titans row: the median of its best step per process). ``--rounds R`` runs every row R times, round after round (Titans
 first in each), and reports the median tokens/s of each row and the median and range of its
 per-round ratio to the Titans row of the same round.
 
@@ -50,28 +54,52 @@ def _layer(args: argparse.Namespace, recipe: str):  # noqa: ANN202
     return build_memory(config)
 
 
-def worker(args: argparse.Namespace) -> dict:
-    """One row: tokens/s of forward + backward, and whether outputs and gradients are finite."""
-    torch.set_num_threads(args.threads)
-    layer = _layer(args, args.worker_recipe)
-    x = torch.randn(args.batch, args.worker_length, args.dim, generator=torch.Generator().manual_seed(1))
+def _stepper(layer: torch.nn.Module, x: torch.Tensor):  # noqa: ANN202
+    """``step()``: one forward + backward of ``layer`` on ``x``; returns (finite, seconds)."""
 
-    def step() -> bool:
+    def step() -> tuple[bool, float]:
+        start = time.perf_counter()
         layer.zero_grad(set_to_none=True)
         y, _ = layer(x)
         y.square().mean().backward()
+        seconds = time.perf_counter() - start
         grads = [p.grad for p in layer.parameters() if p.grad is not None]
-        return bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
+        return bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(g).all()) for g in grads), seconds
 
-    finite = step()  # warm-up
-    times = []
+    return step
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """One row: tokens/s of forward + backward, and whether outputs and gradients are finite.
+
+    With ``--paired`` the Titans layer lives in the same process and its steps alternate with
+    the recipe's (Titans first and last): each recipe step's ratio is taken against the mean of
+    the two Titans steps around it, so that a drift of the machine moves both alike."""
+    torch.set_num_threads(args.threads)
+    x = torch.randn(args.batch, args.worker_length, args.dim, generator=torch.Generator().manual_seed(1))
+    step = _stepper(_layer(args, args.worker_recipe), x)
+    tokens = args.batch * args.worker_length
+    if not args.paired:
+        finite, _ = step()  # warm-up
+        times = []
+        for _ in range(args.repeats):
+            ok, seconds = step()
+            finite = finite and ok
+            times.append(seconds)
+        return {"recipe": args.worker_recipe, "length": args.worker_length, "finite": finite,
+                "tokens_per_s": tokens / min(times) if finite else None}
+    base = _stepper(_layer(args, "titans"), x)
+    finite = base()[0] and step()[0]  # warm-ups
+    base_times, times = [base()[1]], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
-        finite = step() and finite
-        times.append(time.perf_counter() - start)
-    best = min(times)
+        ok, seconds = step()
+        finite = finite and ok
+        times.append(seconds)
+        base_times.append(base()[1])
+    ratios = [t / ((a + b) / 2) for t, a, b in zip(times, base_times, base_times[1:])]
     return {"recipe": args.worker_recipe, "length": args.worker_length, "finite": finite,
-            "tokens_per_s": args.batch * args.worker_length / best if finite else None}
+            "tokens_per_s": tokens / min(times) if finite else None,
+            "titans_tokens_per_s": tokens / min(base_times), "ratios": ratios if finite else None}
 
 
 def main() -> None:
@@ -87,6 +115,8 @@ def main() -> None:
     parser.add_argument("--recipes", default=",".join(RECIPE_ORDER))
     parser.add_argument("--row-timeout", type=float, default=600.0,
                         help="seconds a row may take (warm-up and repeats); a slower row reports '> N s'")
+    parser.add_argument("--paired", action="store_true",
+                        help="each recipe's row in one process with the Titans layer, steps alternating (see above)")
     parser.add_argument("--worker-recipe", help=argparse.SUPPRESS)
     parser.add_argument("--worker-length", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -99,16 +129,24 @@ def main() -> None:
     lengths = [int(n) for n in args.lengths.split(",")]
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if args.paired:
+        recipes = [r for r in recipes if r != "titans"]
     rounds = [_round(args, recipes, lengths) for _ in range(args.rounds)]
     print(f"dim {args.dim}, one head, MLP memory (2 layers, x4), chunk {args.chunk}, batch {args.batch}, "
-          f"{args.threads} threads, forward + backward, {args.rounds} round(s)")
+          f"{args.threads} threads, forward + backward, {args.rounds} round(s)"
+          + (f", paired with Titans in one process ({args.repeats} alternating steps)" if args.paired else ""))
     print()
     print("| recipe | tokens | tokens/s | titans / recipe | finite (outputs, grads) |")
     print("|---|---:|---:|---:|---|")
     for length in lengths:
+        if args.paired:
+            titans = [r.get("titans_tokens_per_s") for rows in rounds for r in rows.values()
+                      if r["length"] == length and r.get("titans_tokens_per_s")]
+            speed = f"{statistics.median(titans):,.0f}" if titans else "--"
+            print(f"| titans (paired runs) | {length} | {speed} | 1.00x | yes |")
         for recipe in recipes:
             runs = [rows[(recipe, length)] for rows in rounds]
-            bases = [rows[("titans", length)]["tokens_per_s"] for rows in rounds]
+            bases = [None if args.paired else rows[("titans", length)]["tokens_per_s"] for rows in rounds]
             print(_table_row(args, recipe, length, runs, bases))
 
 
@@ -121,6 +159,8 @@ def _round(args: argparse.Namespace, recipes: list[str], lengths: list[int]) -> 
             cmd = [sys.executable, __file__, "--worker-recipe", recipe, "--worker-length", str(length)]
             for flag in ("dim", "chunk", "batch", "threads", "repeats"):
                 cmd += [f"--{flag}", str(getattr(args, flag))]
+            if args.paired:
+                cmd.append("--paired")
             try:
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=args.row_timeout).stdout
             except subprocess.TimeoutExpired:
@@ -142,7 +182,10 @@ def _table_row(
     if not finite or any(t is None for t in speeds):
         return f"| {recipe} | {length} | -- | -- | no |"
     speed = f"{statistics.median(speeds):,.0f}"
-    ratios = [b / t for b, t in zip(bases, speeds) if b is not None]
+    if args.paired:  # every alternating step of every round
+        ratios = [q for r in runs for q in r["ratios"]]
+    else:
+        ratios = [b / t for b, t in zip(bases, speeds) if b is not None]
     if not ratios:
         return f"| {recipe} | {length} | {speed} | -- | yes |"
     ratio = f"{statistics.median(ratios):.2f}x slower"
