@@ -30,6 +30,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from memory_blocks.functional.memorize_op.recompute import input_gradients
+from memory_blocks.functional.memorize_op.weight_update import dot_last
+
 __all__ = ["abs_power", "token_powers", "token_powers_reference"]
 
 #: Full directions ``M_k`` with their per-row coefficients ``c_k`` (``None``: 1).
@@ -118,12 +121,6 @@ class _Walk:
             yield own
 
 
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """``sum(a * b)`` over the last two dimensions (a dot-product kernel, no full-size temporary)."""
-    size = a.shape[-2] * a.shape[-1]
-    return torch.einsum("...n,...n->...", a.reshape(-1, 1, size), b.reshape(-1, 1, size)).view(a.shape[:-2])
-
-
 class _TokenPowers(torch.autograd.Function):
     """Inputs: ``q``, the number ``k`` of dense directions, ``a``, ``delta``, ``x``, ``mix``,
     then ``k`` coefficients (``None`` for 1) and ``k`` directions."""
@@ -150,11 +147,7 @@ class _TokenPowers(torch.autograd.Function):
             ia, idelta, ix, imix, *idense = inputs
             with torch.enable_grad():
                 out = token_powers_reference(ia, list(zip(idense[:k], idense[k:])), idelta, ix, imix, q)
-            wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
-            got = torch.autograd.grad(out, [inputs[i] for i in wanted], grad, allow_unused=True, create_graph=True)
-            result: list[Tensor | None] = [None] * len(inputs)
-            for i, g in zip(wanted, got):
-                result[i] = g
+            result, _ = input_gradients((out,), (grad,), inputs, create_graph=True)
             return (None, None, *result)
         walk = _Walk(a, cs, ms, delta, x, mix)
         n, rows, out, inn = walk.n, walk.rows, walk.out, walk.inn
@@ -178,7 +171,7 @@ class _TokenPowers(torch.autograd.Function):
             for j, m in enumerate(walk.ms):
                 if scaled[j] is not None:
                     d_ms[j].addcmul_(r, scaled[j][t])  # type: ignore[index,union-attr]
-                    dots[j][t] = _dot(r, m)  # type: ignore[index]
+                    dots[j][t] = dot_last(r, m, 2)  # type: ignore[index]
             d_left[:, t] = torch.bmm(r, walk.right.mT)
             d_right.baddbmm_(left_w[:, t], r)
         d_left.mul_(w.view(n, rows, 1, 1))

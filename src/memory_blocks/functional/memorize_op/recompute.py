@@ -96,19 +96,20 @@ class _Recompute(torch.autograd.Function):
 def input_gradients(
     outs: tuple[Tensor, ...] | list[Tensor],
     grads: tuple[Tensor | None, ...],
-    inputs: list[Tensor] | tuple[Tensor, ...],
+    inputs: list[Tensor | None] | tuple[Tensor | None, ...],
     extra: list[Tensor] | None = None,
     *,
     create_graph: bool,
 ) -> tuple[list[Tensor | None], list[Tensor | None] | None]:
-    """Gradients of ``inputs`` (``None`` where an input needs none) and of ``extra`` tensors of
-    a recorded graph, given the gradients ``grads`` arriving at its outputs ``outs``.
+    """Gradients of ``inputs`` (``None`` where an input needs none, or is ``None``) and of
+    ``extra`` tensors of a recorded graph, given the gradients ``grads`` arriving at its outputs
+    ``outs``.
 
     Returns ``(input gradients, extra gradients)``; the second is ``None`` when nothing was
     differentiated (no output gradient, or no input that needs one).
     """
     pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
-    wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
+    wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
     result: list[Tensor | None] = [None] * len(inputs)
     if not (pairs and wanted):
         return result, None
