@@ -15,12 +15,13 @@ outputs or gradients are not all finite gets no figure (``--`` and ``finite: no`
     python benchmarks/bench_recipes.py --paired --repeats 4 --lengths 1024 --recipes memora
 
 On a shared or noisy machine the speed drifts by more than the differences between rows over
-the minutes a table takes. ``--paired`` puts the Titans layer and the recipe's layer in one
-process and alternates their steps (``--repeats`` recipe steps between ``--repeats + 1`` Titans
-steps): each ratio compares steps taken seconds apart, and the table gives the median and range
-of all of them (the Titans row: the median of its best step per process). ``--rounds R`` runs every row R times, round after round (Titans
+the minutes a table takes. ``--rounds R`` runs every row R times, round after round (Titans
 first in each), and reports the median tokens/s of each row and the median and range of its
-per-round ratio to the Titans row of the same round.
+per-round ratio to the Titans row of the same round. ``--paired`` puts the Titans layer and the
+recipe's layer in one process and alternates their steps (``--repeats`` recipe steps between
+``--repeats + 1`` Titans steps): each ratio compares steps taken seconds apart, and the table
+gives the median and range of all of them (the Titans row: the median of its best step per
+process; a row is finite only when both layers were at every step).
 
 A row ``NAME:token`` (or ``NAME:chunk``) is the recipe with that ``retention_readout``: Moneta and
 Memora read their retention per chunk (the dual form); ``:token`` is the per-token rule.
@@ -89,17 +90,23 @@ def worker(args: argparse.Namespace) -> dict:
         return {"recipe": args.worker_recipe, "length": args.worker_length, "finite": finite,
                 "tokens_per_s": tokens / min(times) if finite else None}
     base = _stepper(_layer(args, "titans"), x)
-    finite = base()[0] and step()[0]  # warm-ups
-    base_times, times = [base()[1]], []
+    base_finite, _ = base()  # warm-ups
+    finite, _ = step()
+    ok, seconds = base()
+    base_finite, base_times, times = base_finite and ok, [seconds], []
     for _ in range(args.repeats):
         ok, seconds = step()
         finite = finite and ok
         times.append(seconds)
-        base_times.append(base()[1])
+        ok, seconds = base()
+        base_finite = base_finite and ok
+        base_times.append(seconds)
     ratios = [t / ((a + b) / 2) for t, a, b in zip(times, base_times, base_times[1:])]
-    return {"recipe": args.worker_recipe, "length": args.worker_length, "finite": finite,
+    # a ratio needs both layers finite at every step
+    return {"recipe": args.worker_recipe, "length": args.worker_length, "finite": finite and base_finite,
             "tokens_per_s": tokens / min(times) if finite else None,
-            "titans_tokens_per_s": tokens / min(base_times), "ratios": ratios if finite else None}
+            "titans_finite": base_finite, "titans_tokens_per_s": tokens / min(base_times) if base_finite else None,
+            "ratios": ratios if finite and base_finite else None}
 
 
 def main() -> None:
@@ -140,10 +147,11 @@ def main() -> None:
     print("|---|---:|---:|---:|---|")
     for length in lengths:
         if args.paired:
-            titans = [r.get("titans_tokens_per_s") for rows in rounds for r in rows.values()
-                      if r["length"] == length and r.get("titans_tokens_per_s")]
+            paired = [r for rows in rounds for r in rows.values() if r["length"] == length and "titans_finite" in r]
+            titans = [r["titans_tokens_per_s"] for r in paired if r["titans_finite"]]
             speed = f"{statistics.median(titans):,.0f}" if titans else "--"
-            print(f"| titans (paired runs) | {length} | {speed} | 1.00x | yes |")
+            finite = "yes" if paired and all(r["titans_finite"] for r in paired) else "no"
+            print(f"| titans (paired runs) | {length} | {speed} | 1.00x | {finite} |")
         for recipe in recipes:
             runs = [rows[(recipe, length)] for rows in rounds]
             bases = [None if args.paired else rows[("titans", length)]["tokens_per_s"] for rows in rounds]
