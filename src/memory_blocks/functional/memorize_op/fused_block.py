@@ -154,7 +154,9 @@ class _Rows:
     gradients that arrive from after the block (:meth:`set_bases`).
     """
 
-    def __init__(self, like: Tensor, w: Tensor, rows: int, momentum: bool, base: bool = False) -> None:
+    def __init__(
+        self, like: Tensor, w: Tensor, rows: int, momentum: bool, base: bool = False, plain: bool = False
+    ) -> None:
         self.out, self.inn = w.shape[-2], w.shape[-1]
         self.momentum = momentum
         # With a base (W_0, shared by every row: forgetting towards W_0), each read also
@@ -164,6 +166,9 @@ class _Rows:
         width = scaled + (self.out if base else 0)
         self.left = like.new_empty(like.shape[0], rows, width)
         self.right = like.new_empty(like.shape[0], rows, self.inn)
+        # ``plain``: keep the unscaled left factors too (the base's block holds them when there is
+        # one), for the coefficient gradients taken for the whole block (:meth:`coefficient_dots`).
+        self.plain = like.new_empty(like.shape[0], rows, self.out) if plain and not base else None
         self.base: Tensor | None = None
         self.first = rows  # rows before the first one written take no part (no retrieval gradient)
 
@@ -182,6 +187,8 @@ class _Rows:
                 self.left[:, r, o : 2 * o] = left * c
         if self.base_at is not None:
             self.left[:, r, self.base_at :] = left
+        elif self.plain is not None:
+            self.plain[:, r] = left
         self.right[:, r] = right
 
     def set_bases(
@@ -220,6 +227,16 @@ class _Rows:
         if self.base_at is not None and base is not None:
             gx += (left[..., self.base_at :].flatten(0, 1) @ base).view_as(gx)
         return gx
+
+    def coefficient_dots(self, rows: slice, w: Tensor) -> Tensor:
+        """``(g W) . x`` for each read written at ``rows`` (``(N, rows)``): the gradient of the
+        read's coefficient of ``W`` (``b`` of ``z = b x W^T + ...``, or of its transposed form), one
+        product for all those rows (``w``: ``W``, or ``S`` for the coefficient ``c``)."""
+        plain = self.left[:, rows, self.base_at :] if self.base_at is not None else self.plain
+        assert plain is not None, "coefficient_dots needs the unscaled rows (plain=True)"
+        if self.base_at is None:
+            plain = plain[:, rows]
+        return dot_last(plain @ w, self.right[:, rows], 1)
 
     def gradients(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``(dW, dS, dW_0)`` (``dS`` ``None`` without momentum, ``dW_0`` without a base)."""
@@ -283,16 +300,35 @@ class _Block:
 
     # ----------------------------------------------------------------------------- reads
     @staticmethod
+    def _combined(w: Tensor, s: Tensor | None, p: _Point, base: Tensor | None) -> Tensor | None:
+        """``b W + c S + W_0``: the part of a chunk point's weights taken from the block's start
+        (``b``, ``c``: one number per row ``N``), as one matrix, so that each read of the chunk is
+        one product instead of one per term; ``None`` where there is one term only (``W``).
+
+        The 16-row products of a chunk are bound by the kernel's work per row, not by the matrix's
+        size: the sum costs about a third of one such product, and the chunk's reads of a matrix
+        (forward, transposed, and both again in the backward pass) share it."""
+        with_s = s is not None and p.c is not None
+        if base is not None:
+            out = base + w if p.b is None else torch.addcmul(base, w, p.b)
+            return out.addcmul_(s, p.c) if with_s else out
+        if not with_s:
+            return None
+        return torch.addcmul(w, s, p.c) if p.b is None else (w * p.b).addcmul_(s, p.c)
+
+    @staticmethod
     def _read(
         x: Tensor, w: Tensor, s: Tensor | None, p: _Point, xs: Tensor, ds: Tensor, transposed: bool = False,
-        base: Tensor | None = None, pre: _StartReads | None = None,
+        base: Tensor | None = None, pre: _StartReads | None = None, comb: Tensor | None = None,
     ) -> Tensor:
         """``x P^T`` for the weights ``P`` at point ``p`` (``xs``, ``ds``: factor rows), or
         ``x P`` when ``transposed`` (the inner backward through a layer); with ``base`` (``W_0``,
         the weights are displacements from it) ``x (W_0 + P)^T`` or ``x (W_0 + P)``.
 
         ``pre``: ``x``'s reads of the block's start weights, already taken (``x W^T``, ``x S^T``,
-        ``x W_0^T`` for these rows): only the point's scaling and its factor rows are left."""
+        ``x W_0^T`` for these rows): only the point's scaling and its factor rows are left.
+        ``comb``: the point's start terms as one matrix (:meth:`_combined`), read instead of
+        ``w``, ``s`` and ``base``."""
         if pre is not None:
             assert pre.w is not None
             z = _scaled(pre.w, p.b)
@@ -301,13 +337,19 @@ class _Block:
             if p.a is not None:
                 z = torch.baddbmm(z, (x @ xs[:, : p.s].mT) * p.a, ds[:, : p.s], alpha=-1)
             return z if pre.base is None else z + pre.base
-        if base is not None:
-            base = base if transposed else base.mT  # W_0 is read the way W is
-        if transposed:
-            w, s, xs, ds = w.mT, None if s is None else s.mT, ds, xs
-        z = _scaled(x, p.b) @ w.mT
-        if s is not None and p.c is not None:
-            z = torch.baddbmm(z, x * p.c, s.mT)
+        if comb is not None:
+            z = x @ (comb if transposed else comb.mT)
+            base = None
+            if transposed:
+                xs, ds = ds, xs
+        else:
+            if base is not None:
+                base = base if transposed else base.mT  # W_0 is read the way W is
+            if transposed:
+                w, s, xs, ds = w.mT, None if s is None else s.mT, ds, xs
+            z = _scaled(x, p.b) @ w.mT
+            if s is not None and p.c is not None:
+                z = torch.baddbmm(z, x * p.c, s.mT)
         if p.a is not None:
             # z -= ((x inner^T) * a) outer, with (inner, outer) = (xs, ds), or (ds, xs) transposed
             z = torch.baddbmm(z, (x @ xs[:, : p.s].mT) * p.a, ds[:, : p.s], alpha=-1)
@@ -327,6 +369,7 @@ class _Block:
         transposed: bool,
         row0: int,
         pre: _StartReads | None = None,
+        comb: Tensor | None = None,
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
         """Backward of ``z = read(x)`` (or of ``z = read_t(x)`` when ``transposed``).
 
@@ -339,7 +382,9 @@ class _Block:
         With ``pre`` (the forward's reads of the start weights, see :meth:`_read`) the gradient of
         ``x`` leaves out the paths through ``W``, ``S`` and ``W_0``: the caller takes them for the
         whole block at once from the rows written here (:meth:`_Rows.through`); it is ``None``
-        when nothing else is left."""
+        when nothing else is left. With ``comb`` (the forward read it, :meth:`_combined`) the
+        gradient of ``x`` goes through it, and the gradients of ``b`` and ``c`` are left to the
+        caller, who takes them for the whole block (:meth:`_Rows.coefficient_dots`): ``None``."""
         left, right = (g, x) if not transposed else (x, g)
         acc["rows"][name].put(row0, left, right, p.b, p.c)
         gx: Tensor | None
@@ -349,6 +394,9 @@ class _Block:
             gb = (g * pre.w).sum(-1, keepdim=True) if p.b is not None and pre.w is not None else None
             if pre.s is not None and p.c is not None:
                 gc = (g * pre.s).sum(-1, keepdim=True)
+        elif comb is not None:
+            gx = g @ (comb if not transposed else comb.mT)
+            gb = None
         else:
             # Through W (and S): z = b (x W^T) [non-transposed] or z = b (x W) [transposed].
             gw = g @ w if not transposed else g @ w.mT
@@ -374,7 +422,7 @@ class _Block:
             g_inner[:, : p.s].baddbmm_(gr.mT, x)
             g_outer[:, : p.s].baddbmm_((r * p.a).mT, g, alpha=-1)
         base = acc["base"].get(name)
-        if base is not None and pre is None:
+        if base is not None and pre is None and comb is None:
             # z += x W_0^T (or x W_0); W_0's gradient comes from the rows put above (_Rows)
             gx = gx + (g @ base.mT if transposed else g @ base)
         return gx, gb, gc, ga
@@ -414,12 +462,13 @@ class _Block:
             e0 = min(s0 + self.chunk, m)
             p = self._point(beta, gamma, mix, s0)
             kk, vv = k[:, s0:e0], v[:, s0:e0]
+            combs = {nm: self._combined(mats[nm], moms[nm], p[nm], base.get(nm)) for nm in names[1:]}
             h = kk
             for i, nm in enumerate(names):
                 if i > 0:
                     xs[nm][:, s0:e0] = h
                 z = self._read(h, mats[nm], moms[nm], p[nm], xs[nm], ds[nm], base=base.get(nm),
-                               pre=k_reads.rows(slice(s0, e0)) if i == 0 else None)
+                               pre=k_reads.rows(slice(s0, e0)) if i == 0 else None, comb=combs.get(nm))
                 if i < L - 1:
                     pre[i][:, s0:e0] = z
                     h = self.act.forward(z)
@@ -441,7 +490,7 @@ class _Block:
                 ds[nm][:, s0:e0] = delta
                 if i > 0:
                     back = self._read(delta, mats[nm], moms[nm], p[nm], xs[nm], ds[nm], transposed=True,
-                                      base=base.get(nm))
+                                      base=base.get(nm), comb=combs[nm])
                     da[i - 1][:, s0:e0] = back
                     delta = self.act.backward(back, pre[i - 1][:, s0:e0])
         saved["gains_at"] = gains_at
@@ -553,7 +602,8 @@ class _Block:
         # every matrix after the first, the inner backward's transposed reads (2M..3M).
         acc: dict[str, Any] = {
             "rows": {
-                nm: _Rows(k, mats[nm], (3 if i > 0 else 2) * m, self.has_momentum, nm in base)
+                nm: _Rows(k, mats[nm], (3 if i > 0 else 2) * m, self.has_momentum, nm in base,
+                          plain=i > 0 and self.has_momentum)
                 for i, nm in enumerate(names)
             },
             "gx": {nm: torch.zeros_like(xs[nm]) for nm in names},
@@ -654,11 +704,14 @@ class _Block:
         first = names[0]
         k_reads = saved["k_reads"]
         starts = list(range(0, m, self.chunk))
+        combined: set[str] = set()  # matrices whose chunk points (s0 > 0) were read via _combined
         for j in range(len(starts) - 1, -1, -1):
             s0 = starts[j]
             e0 = min(s0 + self.chunk, m)
             p = self._point(beta, gamma, mix, s0)
             sl = slice(s0, e0)
+            combs = {nm: self._combined(mats[nm], moms[nm], p[nm], base.get(nm)) for nm in names[1:]}
+            combined.update(nm for nm, comb in combs.items() if comb is not None and s0 > 0)
             # gradients arriving at this chunk's factors
             g_delta = {nm: acc["gd"][nm][:, sl] for nm in names}
             g_xin = {nm: acc["gx"][nm][:, sl] for nm in names}
@@ -675,7 +728,7 @@ class _Block:
                     g_z[i - 1] = gd_running * back * self.act.second(pres[i - 1])
                 gx, gb, gc, ga = self._read_back(
                     g_back, ds[nm][:, sl], nm, mats[nm], moms[nm], p[nm], xs[nm], ds[nm], acc, transposed=True,
-                    row0=2 * m + s0,
+                    row0=2 * m + s0, comb=combs[nm],
                 )
                 self._point_grads(p[nm], s0, gb, gc, ga, g_beta, g_gamma, g_mix[nm])
                 gd_running = g_delta[nm] + gx
@@ -714,7 +767,8 @@ class _Block:
                 x_in = xs[nm][:, sl]
                 gx, gb, gc, ga = self._read_back(g_cur, x_in, nm, mats[nm], moms[nm], p[nm], xs[nm], ds[nm],
                                                  acc, transposed=False, row0=m + s0,
-                                                 pre=k_reads.rows(sl) if i == 0 else None)
+                                                 pre=k_reads.rows(sl) if i == 0 else None,
+                                                 comb=combs.get(nm))
                 self._point_grads(p[nm], s0, gb, gc, ga, g_beta, g_gamma, g_mix[nm])
                 gx = g_xin[nm] if gx is None else gx + g_xin[nm]
                 if i > 0:
@@ -726,6 +780,9 @@ class _Block:
 
         # the keys' gradient through the first layer's start weights, for the whole block
         g_k += acc["rows"][first].through(slice(m, 2 * m), mats[first], moms[first], base.get(first))
+        # the coefficient gradients of the reads that went through a combined matrix
+        for nm in combined:
+            self._combined_point_grads(acc["rows"][nm], mats[nm], moms[nm], m, self.chunk, g_beta, g_gamma)
 
         # --- full-size weight and momentum gradients, one product each
         out_w: dict[str, Tensor | None] = {}
@@ -742,6 +799,24 @@ class _Block:
             "q": g_q, "k": g_k, "v": g_v, "beta": g_beta, "gamma": g_gamma, "mix": g_mix,
             "decay": g_decay, "mmix": g_mmix, "weights": out_w, "momentum": out_s, "base": acc["gbase"],
         }
+
+    @staticmethod
+    def _combined_point_grads(
+        rows: _Rows, w: Tensor, s: Tensor | None, m: int, chunk: int,
+        g_beta: Tensor | None, g_gamma: Tensor | None,
+    ) -> None:
+        """The gradients of the chunk points' ``b`` and ``c`` (every chunk after the first) from
+        the key path's reads of a later matrix that went through :meth:`_combined` (its forward
+        reads at rows ``m + t``, its transposed reads at ``2 m + t``): ``sum (g W) . x`` (``S``
+        for ``c``) over each chunk's rows of both, one product per matrix for the whole block
+        instead of one per read. Chunk ``j``'s point is the weights after token ``j chunk - 1``."""
+        for g_coef, mat in ((g_beta, w), (g_gamma, s)):
+            if g_coef is None or mat is None:
+                continue
+            dots = rows.coefficient_dots(slice(m, 3 * m), mat)  # (N, 2m)
+            later = (dots[:, chunk:m] + dots[:, m + chunk :])  # the tokens of chunks 1, 2, ...
+            later = torch.nn.functional.pad(later, (0, -later.shape[1] % chunk))  # a partial last chunk
+            g_coef[:, chunk - 1 : m - 1 : chunk] += later.view(later.shape[0], -1, chunk).sum(-1)
 
     @staticmethod
     def _point_grads(
