@@ -13,10 +13,13 @@ squared error (eq. 12) this module computes the same block with explicit formula
   block's retrievals in the dual form; the block-end weights and momentum (eqs. 13-14). The
   first layer's input on the key path is the keys, known before the first chunk: its reads of
   the block's start weights are one product per matrix for the whole block, which each chunk
-  scales by its point's coefficients (:class:`_StartReads`);
+  scales by its point's coefficients (:class:`_StartReads`). A later layer's input depends on
+  the chunks before it, so its reads are per chunk; they take the point's start terms
+  ``b W + c S + W_0`` as one matrix (:meth:`_Block._combined`), one product per read;
 - backward: the reverse of all of it, chunk by chunk from the last, with the second
   derivatives of the inner gradient written out (activation, LayerNorm, squared error), every
-  full-size weight gradient formed as one product of stacked row factors.
+  full-size weight gradient formed as one product of stacked row factors, and the chunk points'
+  coefficient gradients of the combined reads one product per matrix for the whole block.
 
 Nothing of the block is recorded by autograd: it is one node whose backward is this code.
 It keeps the factors, the pre-activations and the first layer's reads of the start weights
