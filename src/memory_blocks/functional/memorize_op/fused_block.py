@@ -235,10 +235,11 @@ class _Rows:
         """``(g W) . x`` for each read written at ``rows`` (``(N, rows)``): the gradient of the
         read's coefficient of ``W`` (``b`` of ``z = b x W^T + ...``, or of its transposed form), one
         product for all those rows (``w``: ``W``, or ``S`` for the coefficient ``c``)."""
-        plain = self.left[:, rows, self.base_at :] if self.base_at is not None else self.plain
-        assert plain is not None, "coefficient_dots needs the unscaled rows (plain=True)"
-        if self.base_at is None:
-            plain = plain[:, rows]
+        if self.base_at is not None:
+            plain = self.left[:, rows, self.base_at :]
+        else:
+            assert self.plain is not None, "coefficient_dots needs the unscaled rows (plain=True)"
+            plain = self.plain[:, rows]
         return dot_last(plain @ w, self.right[:, rows], 1)
 
     def gradients(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -308,8 +309,9 @@ class _Block:
         (``b``, ``c``: one number per row ``N``), as one matrix, so that each read of the chunk is
         one product instead of one per term; ``None`` where there is one term only (``W``).
 
-        The 16-row products of a chunk are bound by the kernel's work per row, not by the matrix's
-        size: the sum costs about a third of one such product, and the chunk's reads of a matrix
+        A chunk's 16-row product of a 256 x 1024 matrix takes several times as long as a pass over
+        the matrix (on the 2-core CPU of docs/benchmarks.md about 210 us against 25 us to sum it),
+        so the sum costs about a third of one such product, and the chunk's reads of a matrix
         (forward, transposed, and both again in the backward pass) share it."""
         with_s = s is not None and p.c is not None
         if base is not None:
@@ -813,6 +815,8 @@ class _Block:
         reads at rows ``m + t``, its transposed reads at ``2 m + t``): ``sum (g W) . x`` (``S``
         for ``c``) over each chunk's rows of both, one product per matrix for the whole block
         instead of one per read. Chunk ``j``'s point is the weights after token ``j chunk - 1``."""
+        if m <= chunk:  # one chunk: its point is the block's start, no coefficients
+            return
         for g_coef, mat in ((g_beta, w), (g_gamma, s)):
             if g_coef is None or mat is None:
                 continue
