@@ -19,7 +19,8 @@ squared error (eq. 12) this module computes the same block with explicit formula
 - backward: the reverse of all of it, chunk by chunk from the last, with the second
   derivatives of the inner gradient written out (activation, LayerNorm, squared error), every
   full-size weight gradient formed as one product of stacked row factors, and the chunk points'
-  coefficient gradients of the combined reads one product per matrix for the whole block.
+  coefficient gradients of the combined reads one product per matrix and coefficient for the
+  whole block.
 
 Nothing of the block is recorded by autograd: it is one node whose backward is this code.
 It keeps the factors, the pre-activations and the first layer's reads of the start weights
@@ -813,8 +814,9 @@ class _Block:
         """The gradients of the chunk points' ``b`` and ``c`` (every chunk after the first) from
         the key path's reads of a later matrix that went through :meth:`_combined` (its forward
         reads at rows ``m + t``, its transposed reads at ``2 m + t``): ``sum (g W) . x`` (``S``
-        for ``c``) over each chunk's rows of both, one product per matrix for the whole block
-        instead of one per read. Chunk ``j``'s point is the weights after token ``j chunk - 1``."""
+        for ``c``) over each chunk's rows of both, one product per matrix and coefficient for
+        the block instead of one per read. Chunk ``j``'s point is the weights after token
+        ``j chunk - 1``."""
         if m <= chunk:  # one chunk: its point is the block's start, no coefficients
             return
         for g_coef, mat in ((g_beta, w), (g_gamma, s)):
