@@ -40,6 +40,8 @@ def _layer(args: argparse.Namespace, block_chunks: int | None, checkpoint: bool)
 
     torch.manual_seed(0)
     knobs = {} if block_chunks is None else {"block_chunks": block_chunks}  # None: the layer's default
+    if args.forget_target is not None:  # None: the layer's default (towards W_0)
+        knobs["forget_target"] = args.forget_target
     layer = NeuralMemory(
         args.dim, heads=args.heads, chunk_size=args.chunk,
         memory=MLPMemory(args.dim // args.heads, depth=2, expansion=4),
@@ -169,7 +171,8 @@ def run_worker(args: argparse.Namespace, seq: int | str, block_chunks: int | Non
         "--threads", str(args.threads), "--dim", str(args.dim), "--chunk", str(args.chunk),
         "--batch", str(args.batch), "--repeats", str(args.repeats), "--heads", str(args.heads),
         "--compile", args.compile, "--autocast", args.autocast,
-    ] + ([] if block_chunks is None else ["--block-chunks", str(block_chunks)]) + (
+    ] + ([] if args.forget_target is None else ["--forget-target", args.forget_target]) + (
+        [] if block_chunks is None else ["--block-chunks", str(block_chunks)]) + (
         ["--checkpoint"] if checkpoint else []
     )
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ))
@@ -194,6 +197,9 @@ def main() -> None:
     parser.add_argument("--lengths", default="1024,4096,16384")
     parser.add_argument("--block-chunks", type=int, default=None, help="chunks per block (default: the layer's)")
     parser.add_argument("--checkpoint", action="store_true", help="recompute blocks in the backward pass (less memory, slower)")
+    parser.add_argument("--forget-target", default=None, choices=["init", "zero"],
+                        help="the layer's forgetting target (default: the layer's, towards W_0); zero: the "
+                             "paper's literal forgetting, one product less per read (to measure what W_0 costs)")
     parser.add_argument("--naive-length", type=int, default=256, help="0: skip the naive comparison and FLOP count")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -210,6 +216,7 @@ def main() -> None:
     precision = "float32" if args.autocast == "none" else f"{args.autocast} autocast (inner loop float32)"
     print(f"NeuralMemory forward+backward: dim {args.dim}, {args.heads} head(s), MLP memory depth 2 x4, "
           f"chunk {args.chunk}, batch {args.batch}, {precision}, compile {args.compile}, device {args.device}"
+          + (f", forget_target {args.forget_target!r}" if args.forget_target is not None else "")
           + (f", {args.threads} threads" if args.device == "cpu" else "")
           + f", torch {torch.__version__}")
     base = run_worker(args, "baseline", 4, False)["peak_mib"] if args.device == "cpu" else 0.0

@@ -209,10 +209,10 @@ class _Rows:
         elif b is None:
             base[:, :o] = gw
         else:
-            base[:, :o] = gw * _bcast(b, gw)
+            torch.mul(gw, _bcast(b, gw), out=base[:, :o])
         if self.momentum:
             if gw is not None and c is not None:
-                base[:, o:] = gw * _bcast(c, gw)
+                torch.mul(gw, _bcast(c, gw), out=base[:, o:])
             else:
                 base[:, o:].zero_()
             if gs is not None:
@@ -571,7 +571,7 @@ class _Block:
             s = momentum.get(nm) if self.has_momentum else None
             out = w * _bcast(beta[:, -1], w) if beta is not None else w.clone(memory_format=torch.contiguous_format)
             if s is not None:
-                out = torch.addcmul(out, s, _bcast(gamma[:, -1], s))
+                out = out.addcmul_(s, _bcast(gamma[:, -1], s))  # out is a new tensor
             a = mix[nm][:, -1]  # (N, M)
             if nm == self.spec.gain:
                 new_w[nm] = out - (a.unsqueeze(1) @ saved["dg"]).squeeze(1)
