@@ -183,12 +183,12 @@ class _Rows:
         if b is None:
             self.left[:, r, :o] = left
         else:
-            self.left[:, r, :o] = left * b
+            torch.mul(left, b, out=self.left[:, r, :o])
         if self.momentum:
             if c is None:
                 self.left[:, r, o : 2 * o] = 0
             else:
-                self.left[:, r, o : 2 * o] = left * c
+                torch.mul(left, c, out=self.left[:, r, o : 2 * o])
         if self.base_at is not None:
             self.left[:, r, self.base_at :] = left
         elif self.plain is not None:
@@ -341,10 +341,10 @@ class _Block:
             if pre.s is not None and p.c is not None:
                 z = torch.addcmul(z, pre.s, p.c)
             if p.a is not None:
-                z = torch.baddbmm(z, (x @ xs[:, : p.s].mT) * p.a, ds[:, : p.s], alpha=-1)
+                z = torch.baddbmm(z, torch.bmm(x, xs[:, : p.s].mT).mul_(p.a), ds[:, : p.s], alpha=-1)
             return z if pre.base is None else z + pre.base
         if comb is not None:
-            z = x @ (comb if transposed else comb.mT)
+            z = torch.bmm(x, comb if transposed else comb.mT)
             base = None
             if transposed:
                 xs, ds = ds, xs
@@ -358,7 +358,7 @@ class _Block:
                 z = torch.baddbmm(z, x * p.c, s.mT)
         if p.a is not None:
             # z -= ((x inner^T) * a) outer, with (inner, outer) = (xs, ds), or (ds, xs) transposed
-            z = torch.baddbmm(z, (x @ xs[:, : p.s].mT) * p.a, ds[:, : p.s], alpha=-1)
+            z = torch.baddbmm(z, torch.bmm(x, xs[:, : p.s].mT).mul_(p.a), ds[:, : p.s], alpha=-1)
         return z if base is None else z + x @ base
 
     def _read_back(
@@ -401,7 +401,7 @@ class _Block:
             if pre.s is not None and p.c is not None:
                 gc = (g * pre.s).sum(-1, keepdim=True)
         elif comb is not None:
-            gx = g @ (comb if not transposed else comb.mT)
+            gx = torch.bmm(g, comb if not transposed else comb.mT)
             gb = None
         else:
             # Through W (and S): z = b (x W^T) [non-transposed] or z = b (x W) [transposed].
@@ -420,11 +420,11 @@ class _Block:
             else:
                 inner, outer, g_inner, g_outer = ds, xs, acc["gd"][name], acc["gx"][name]
             inner, outer = inner[:, : p.s], outer[:, : p.s]
-            r = x @ inner.mT
+            r = torch.bmm(x, inner.mT)
             neg = torch.baddbmm(r, g, outer.mT, beta=0, alpha=-1)  # -(g outer^T); r is ignored
             ga = neg * r
             gr = neg * p.a
-            gx = gr @ inner if gx is None else torch.baddbmm(gx, gr, inner)
+            gx = torch.bmm(gr, inner) if gx is None else torch.baddbmm(gx, gr, inner)
             g_inner[:, : p.s].baddbmm_(gr.mT, x)
             g_outer[:, : p.s].baddbmm_((r * p.a).mT, g, alpha=-1)
         base = acc["base"].get(name)
@@ -686,7 +686,7 @@ class _Block:
                 g_h = rs * _project(g_n, nrm)
                 self._gain_back(g_gt, weights[gain], momentum.get(gain) if self.has_momentum else None,
                                 full[gain], saved["dg"], g_dg, g_beta, g_gamma, g_mix[gain], g_vec, g_vec_mom,
-                                gain, per_row=True, g_base=acc["gbase"])
+                                gain, at=slice(None), g_base=acc["gbase"])
             ret_in = [q] + [self.act.forward(z) for z in saved["ret_pre"]]
             for i in range(L - 1, -1, -1):
                 nm = names[i]
@@ -711,6 +711,14 @@ class _Block:
         k_reads = saved["k_reads"]
         starts = list(range(0, m, self.chunk))
         combined: set[str] = set()  # matrices whose chunk points (s0 > 0) were read via _combined
+        if gain is not None:
+            # The gain's gradient at each chunk point, one row per chunk, taken back through the
+            # point's coefficients for the whole block after the loop; the rows of the gain factors
+            # ``dg`` of a chunk take theirs from the later chunks' points when the chunk comes
+            # (``a`` of chunk j's point: row ``j chunk - 1`` of the mixing coefficients).
+            g_points = k.new_zeros(k.shape[0], len(starts), k.shape[-1])
+            at_points = slice(self.chunk - 1, m - 1, self.chunk)  # the points of chunks 1, 2, ...
+            a_points = mix[gain][:, at_points]  # (N, chunks - 1, M)
         for j in range(len(starts) - 1, -1, -1):
             s0 = starts[j]
             e0 = min(s0 + self.chunk, m)
@@ -748,6 +756,8 @@ class _Block:
                 err = 2 * (kk + nrm * gp - vv)
                 dn = err * gp
                 g_dgv = g_dg[:, sl]
+                if j + 1 < len(starts):  # the later chunks' points read these rows' dg
+                    g_dgv = torch.baddbmm(g_dgv, a_points[:, j:, sl].mT, g_points[:, j + 1 :], alpha=-1)
                 g_dn = rs * _project(gd_running, nrm)
                 delta = ds[last_nm][:, sl]
                 g_n = -rs * (gd_running * (dn * nrm).mean(-1, keepdim=True)
@@ -755,14 +765,11 @@ class _Block:
                 g_rs = (gd_running * delta).sum(-1, keepdim=True) / rs
                 g_err = g_dn * gp + g_dgv * nrm
                 g_n = g_n + g_dgv * err + 2 * g_err * gp
-                g_gp = (g_dn * err + 2 * g_err * nrm).sum(1, keepdim=True)
+                torch.sum(g_dn * err + 2 * g_err * nrm, 1, out=g_points[:, j])
                 g_k[:, sl] += 2 * g_err
                 g_v[:, sl] -= 2 * g_err
                 d = nrm.shape[-1]
                 g_zl = rs * _project(g_n, nrm) - g_rs * rs * rs * nrm / d
-                self._gain_back(g_gp, weights[gain], momentum.get(gain) if self.has_momentum else None,
-                                p[gain], saved["dg"], g_dg, g_beta, g_gamma, g_mix[gain], g_vec, g_vec_mom,
-                                gain, per_row=False, s0=s0, g_base=acc["gbase"])
             else:
                 g_zl = 2 * gd_running
                 g_v[:, sl] -= 2 * gd_running
@@ -784,6 +791,18 @@ class _Block:
                 else:
                     g_k[:, sl] += gx
 
+        if gain is not None:
+            # the gain at the chunk points, for the whole block: chunk 0's point is the block's start
+            s_gain = momentum.get(gain) if self.has_momentum else None
+            self._gain_back(g_points[:, :1], weights[gain], s_gain, _Point(None, None, None, 0), saved["dg"], g_dg,
+                            g_beta, g_gamma, g_mix[gain], g_vec, g_vec_mom, gain, at=slice(0, 0),
+                            g_base=acc["gbase"])
+            if len(starts) > 1:
+                points = _Point(None if beta is None else beta[:, at_points, None],
+                                None if gamma is None else gamma[:, at_points, None], a_points, m)
+                self._gain_back(g_points[:, 1:], weights[gain], s_gain, points, saved["dg"], g_dg,
+                                g_beta, g_gamma, g_mix[gain], g_vec, g_vec_mom, gain, at=at_points,
+                                g_base=acc["gbase"], dg_too=False)
         # the keys' gradient through the first layer's start weights, for the whole block
         g_k += acc["rows"][first].through(slice(m, 2 * m), mats[first], moms[first], base.get(first))
         # the coefficient gradients of the reads that went through a combined matrix
@@ -836,46 +855,37 @@ class _Block:
         if s0 == 0:
             return
         if gb is not None and g_beta is not None:
-            g_beta[:, s0 - 1] += gb.sum((1, 2))
+            g_beta[:, s0 - 1].add_(gb.sum((1, 2)))
         if gc is not None and g_gamma is not None:
-            g_gamma[:, s0 - 1] += gc.sum((1, 2))
+            g_gamma[:, s0 - 1].add_(gc.sum((1, 2)))
         if ga is not None:
-            g_mix[:, s0 - 1, :s0] += ga.sum(1)
+            g_mix[:, s0 - 1, :s0].add_(ga.sum(1))
 
     def _gain_back(
         self, g_out: Tensor, g: Tensor, sg: Tensor | None, p: _Point, dg: Tensor, g_dg: Tensor,
         g_beta: Tensor | None, g_gamma: Tensor | None, g_mix: Tensor,
-        g_vec: dict[str, Tensor], g_vec_mom: dict[str, Tensor], name: str, *, per_row: bool, s0: int = 0,
-        g_base: dict[str, Tensor],
+        g_vec: dict[str, Tensor], g_vec_mom: dict[str, Tensor], name: str, *, at: slice,
+        g_base: dict[str, Tensor], dg_too: bool = True,
     ) -> None:
-        """Backward of ``gain_at`` (``g_out``: ``(N, rows, dim)``)."""
+        """Backward of ``gain_at`` (``g_out``: ``(N, rows, dim)``, the gains at the points ``p``,
+        which are the coefficients' rows ``at``). ``dg_too``: also the gradient of the gain
+        factors ``dg`` (else the caller has taken it)."""
         if name in g_base:
             g_base[name] += g_out.sum((0, 1))
         if p.b is None:
             gg = g_out.sum(1)
         else:
             gg = (g_out * p.b).sum(1)
-            gb = (g_out * g.unsqueeze(1)).sum(-1)  # (N, rows)
-            if per_row:
-                g_beta += gb
-            elif s0 > 0:
-                g_beta[:, s0 - 1] += gb.sum(1)
+            g_beta[:, at] += (g_out * g.unsqueeze(1)).sum(-1)  # (N, rows)
         g_vec[name] = _plus(g_vec.get(name), gg)
         if sg is not None and p.c is not None:
             gs = (g_out * p.c).sum(1)
             g_vec_mom[name] = _plus(g_vec_mom.get(name), gs)
-            gc = (g_out * sg.unsqueeze(1)).sum(-1)
-            if per_row:
-                g_gamma += gc
-            elif s0 > 0:
-                g_gamma[:, s0 - 1] += gc.sum(1)
+            g_gamma[:, at] += (g_out * sg.unsqueeze(1)).sum(-1)
         if p.a is not None:
-            ga = -(g_out @ dg[:, : p.s].mT)  # (N, rows, s)
-            g_dg[:, : p.s] -= p.a.mT @ g_out
-            if per_row:
-                g_mix += ga
-            else:
-                g_mix[:, s0 - 1, :s0] += ga.sum(1)
+            g_mix[:, at, : p.s] -= torch.bmm(g_out, dg[:, : p.s].mT)  # (N, rows, s)
+            if dg_too:
+                g_dg[:, : p.s] -= torch.bmm(p.a.mT, g_out)
 
 
 def _plus(a: Tensor | None, b: Tensor | None) -> Tensor | None:
