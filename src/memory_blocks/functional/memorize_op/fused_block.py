@@ -180,17 +180,18 @@ class _Rows:
         r = slice(row0, row0 + left.shape[1])
         self.first = min(self.first, row0)
         o = self.out
+        rows = self.left[:, r]
         if b is None:
-            self.left[:, r, :o] = left
+            rows[..., :o] = left
         else:
-            torch.mul(left, b, out=self.left[:, r, :o])
+            torch.mul(left, b, out=rows[..., :o])
         if self.momentum:
             if c is None:
-                self.left[:, r, o : 2 * o] = 0
+                rows[..., o : 2 * o] = 0
             else:
-                torch.mul(left, c, out=self.left[:, r, o : 2 * o])
+                torch.mul(left, c, out=rows[..., o : 2 * o])
         if self.base_at is not None:
-            self.left[:, r, self.base_at :] = left
+            rows[..., self.base_at :] = left
         elif self.plain is not None:
             self.plain[:, r] = left
         self.right[:, r] = right
@@ -462,9 +463,20 @@ class _Block:
             rstd = k.new_empty(n_rows, m, 1)
             saved["dg"], saved["norm"], saved["rstd"] = dg, norm, rstd
         gains_at: list[Tensor] = []
+        if gain is not None:
+            # the start terms of the gain at every chunk point (b g + c g_S + g_0), for the block
+            g_w, g_s, g_0 = weights[gain], momentum.get(gain) if self.has_momentum else None, base.get(gain)
+            at_points = slice(self.chunk - 1, m - 1, self.chunk)  # the points of chunks 1, 2, ...
+            gain_starts = [self._gain_at(g_w, g_s, _Point(None, None, None, 0), dg, g_0)]
+            if m > self.chunk:
+                points = _Point(None if beta is None else beta[:, at_points, None],
+                                None if gamma is None else gamma[:, at_points, None], None, 0)
+                later = self._gain_at(g_w, g_s, points, dg, g_0)  # one row when b and c are absent
+                gain_starts.append(later.expand(-1, len(range(self.chunk, m, self.chunk)), -1))
+            gain_start = torch.cat(gain_starts, 1)  # (N, chunks, dim)
         first = names[0]
         k_reads = _StartReads.of(k, mats[first], moms[first], base.get(first))
-        for s0 in range(0, m, self.chunk):
+        for j, s0 in enumerate(range(0, m, self.chunk)):
             e0 = min(s0 + self.chunk, m)
             p = self._point(beta, gamma, mix, s0)
             kk, vv = k[:, s0:e0], v[:, s0:e0]
@@ -482,8 +494,9 @@ class _Block:
                     h = z
             if gain is not None:
                 nrm, rs = _layer_norm(h)
-                gp = self._gain_at(weights[gain], momentum.get(gain) if self.has_momentum else None,
-                                   p[gain], dg, base.get(gain))
+                gp = gain_start[:, j : j + 1]
+                if p[gain].a is not None:  # the chunks before: - a dg
+                    gp = torch.baddbmm(gp, p[gain].a, dg[:, : p[gain].s], alpha=-1)
                 gains_at.append(gp)
                 err = 2 * (kk + nrm * gp - vv)
                 dg[:, s0:e0] = err * nrm
@@ -529,14 +542,18 @@ class _Block:
     ) -> dict[str, _Point]:
         """The gradient point of the chunk starting at token ``s0``: the weights after token
         ``s0 - 1`` (the block's start weights for the first chunk)."""
-        out = {}
-        for nm in mix:
-            if s0 == 0:
-                out[nm] = _Point(None, None, None, 0)
-                continue
-            b = None if beta is None else beta[:, s0 - 1 : s0, None]
-            c = None if gamma is None else gamma[:, s0 - 1 : s0, None]
-            out[nm] = _Point(b, c, mix[nm][:, s0 - 1 : s0, :s0], s0)
+        if s0 == 0:
+            start = _Point(None, None, None, 0)
+            return dict.fromkeys(mix, start)
+        b = None if beta is None else beta[:, s0 - 1 : s0, None]
+        c = None if gamma is None else gamma[:, s0 - 1 : s0, None]
+        out: dict[str, _Point] = {}
+        by_rate: dict[int, _Point] = {}  # matrices that share a learning rate share its point
+        for nm, a in mix.items():
+            pt = by_rate.get(id(a))
+            if pt is None:
+                pt = by_rate[id(a)] = _Point(b, c, a[:, s0 - 1 : s0, :s0], s0)
+            out[nm] = pt
         return out
 
     def _full(self, beta: Tensor | None, gamma: Tensor | None, mix: dict[str, Tensor]) -> dict[str, _Point]:
@@ -986,10 +1003,11 @@ class _Layout:
     def unpack(self, tensors: tuple[Tensor, ...]) -> dict[str, Any]:
         """Flat ``(N, ...)`` views, with the mixing coefficients per fast-weight name."""
         st = self.structured(tensors)
+        mix = {key: _flat(a, 2) for key, a in st["mix"].items()}  # one view per rate: names that share it share it
         flat: dict[str, Any] = {
             "q": _flat(st["q"], 2), "k": _flat(st["k"], 2), "v": _flat(st["v"], 2),
             "beta": _flat(st["beta"], 1), "gamma": _flat(st["gamma"], 1),
-            "mix": {n: _flat(st["mix"][self.lr_keys[n]], 2) for n in self.names},
+            "mix": {n: mix[self.lr_keys[n]] for n in self.names},
             "decay": None if st["decay"] is None else st["decay"].reshape(-1),
             "mmix": {n: _flat(st["mmix"][self.lr_keys[n]], 1) for n in self.names} if self.has_momentum else {},
         }
