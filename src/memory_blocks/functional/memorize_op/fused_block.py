@@ -24,7 +24,7 @@ squared error (eq. 12) this module computes the same block with explicit formula
 
 Nothing of the block is recorded by autograd: it is one node whose backward is this code.
 It keeps the factors, the pre-activations and the first layer's reads of the start weights
-(about 33 KB per token and batch row at dim 256 with a 4x hidden layer) unless ``keep`` is
+(about 34 KB per token and batch row at dim 256 with a 4x hidden layer) unless ``keep`` is
 false, in which case the backward pass runs the forward again first. A backward pass that is
 itself recorded (``create_graph=True``, e.g. second derivatives of the outer loss) goes through
 the general path instead, on the same inputs, so that its result stays differentiable.
@@ -123,11 +123,12 @@ def _flat(t: Tensor | None, keep: int) -> Tensor | None:
     return t.reshape(-1, *t.shape[t.ndim - keep :])
 
 
-def _layer_norm(z: Tensor) -> tuple[Tensor, Tensor]:
-    mu = z.mean(-1, keepdim=True)
-    c = z - mu
-    rstd = torch.rsqrt(c.square().mean(-1, keepdim=True) + _LN_EPS)
-    return c * rstd, rstd
+def _layer_norm(z: Tensor, out: Tensor | None = None, rstd_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(normalised z, 1 / std)``, written into ``out`` and ``rstd_out`` when given."""
+    c = z - z.mean(-1, keepdim=True)
+    var = c.square().mean(-1, keepdim=True).add_(_LN_EPS)
+    rstd = var.rsqrt_() if rstd_out is None else torch.rsqrt(var, out=rstd_out)
+    return (c.mul_(rstd) if out is None else torch.mul(c, rstd, out=out)), rstd
 
 
 def _project(u: Tensor, n: Tensor) -> Tensor:
@@ -461,7 +462,8 @@ class _Block:
             dg = k.new_empty(n_rows, m, k.shape[-1])
             norm = k.new_empty(n_rows, m, k.shape[-1])
             rstd = k.new_empty(n_rows, m, 1)
-            saved["dg"], saved["norm"], saved["rstd"] = dg, norm, rstd
+            errs = k.new_empty(n_rows, m, k.shape[-1])  # the inner loss's output gradients
+            saved["dg"], saved["norm"], saved["rstd"], saved["err"] = dg, norm, rstd, errs
         gains_at: list[Tensor] = []
         if gain is not None:
             # the start terms of the gain at every chunk point (b g + c g_S + g_0), for the block
@@ -493,15 +495,14 @@ class _Block:
                 else:
                     h = z
             if gain is not None:
-                nrm, rs = _layer_norm(h)
+                nrm, rs = _layer_norm(h, norm[:, s0:e0], rstd[:, s0:e0])
                 gp = gain_start[:, j : j + 1]
                 if p[gain].a is not None:  # the chunks before: - a dg
                     gp = torch.baddbmm(gp, p[gain].a, dg[:, : p[gain].s], alpha=-1)
                 gains_at.append(gp)
-                err = 2 * (kk + nrm * gp - vv)
-                dg[:, s0:e0] = err * nrm
-                delta = rs * _project(err * gp, nrm)
-                norm[:, s0:e0], rstd[:, s0:e0] = nrm, rs
+                err = torch.addcmul(kk - vv, nrm, gp, out=errs[:, s0:e0]).mul_(2)
+                torch.mul(err, nrm, out=dg[:, s0:e0])
+                delta = _project(err * gp, nrm).mul_(rs)
             else:
                 delta = 2 * (h - vv)
             for i in range(L - 1, -1, -1):
@@ -764,13 +765,12 @@ class _Block:
                 self._point_grads(p[nm], s0, gb, gc, ga, g_beta, g_gamma, g_mix[nm])
                 gd_running = g_delta[nm] + gx
             # head: delta_L from the error
-            kk, vv = k[:, sl], v[:, sl]
             last_nm = names[-1]
             if gain is not None:
                 nrm = saved["norm"][:, sl]
                 rs = saved["rstd"][:, sl]
                 gp = saved["gains_at"][j]
-                err = 2 * (kk + nrm * gp - vv)
+                err = saved["err"][:, sl]
                 dn = err * gp
                 g_dgv = g_dg[:, sl]
                 if j + 1 < len(starts):  # the later chunks' points read these rows' dg
@@ -783,8 +783,8 @@ class _Block:
                 g_err = g_dn * gp + g_dgv * nrm
                 g_n = g_n + g_dgv * err + 2 * g_err * gp
                 torch.sum(g_dn * err + 2 * g_err * nrm, 1, out=g_points[:, j])
-                g_k[:, sl] += 2 * g_err
-                g_v[:, sl] -= 2 * g_err
+                g_k[:, sl].add_(g_err, alpha=2)
+                g_v[:, sl].sub_(g_err, alpha=2)
                 d = nrm.shape[-1]
                 g_zl = rs * _project(g_n, nrm) - g_rs * rs * rs * nrm / d
             else:
