@@ -20,7 +20,10 @@ squared error (eq. 12) this module computes the same block with explicit formula
   derivatives of the inner gradient written out (activation, LayerNorm, squared error), every
   full-size weight gradient formed as one product of stacked row factors, and the chunk points'
   coefficient gradients of the combined reads one product per matrix and coefficient for the
-  whole block.
+  whole block. The LayerNorm gain (a vector) at the chunk points is handled the same way: its
+  start terms for every point are formed once per block in the forward pass, and the gradients
+  arriving at the points are taken back through their coefficients once per block, each chunk's
+  gain factors pulling theirs from the later points when the loop reaches it.
 
 Nothing of the block is recorded by autograd: it is one node whose backward is this code.
 It keeps the factors, the pre-activations and the first layer's reads of the start weights
