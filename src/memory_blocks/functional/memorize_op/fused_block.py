@@ -126,12 +126,21 @@ def _flat(t: Tensor | None, keep: int) -> Tensor | None:
     return t.reshape(-1, *t.shape[t.ndim - keep :])
 
 
+def _into(out: Tensor, op: Callable[..., Tensor], *args: Any) -> Tensor:
+    """``op(*args)`` written into ``out`` (a view into a buffer) and returned: through ``out=``,
+    without a temporary, in eager mode; as a copy when dynamo traces the block (it does not take
+    ``out=`` into a non-contiguous view, and the compiler fuses the copy anyway)."""
+    if torch.compiler.is_compiling():
+        return out.copy_(op(*args))
+    return op(*args, out=out)
+
+
 def _layer_norm(z: Tensor, out: Tensor | None = None, rstd_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(normalised z, 1 / std)``, written into ``out`` and ``rstd_out`` when given."""
     c = z - z.mean(-1, keepdim=True)
     var = c.square().mean(-1, keepdim=True).add_(_LN_EPS)
-    rstd = var.rsqrt_() if rstd_out is None else torch.rsqrt(var, out=rstd_out)
-    return (c.mul_(rstd) if out is None else torch.mul(c, rstd, out=out)), rstd
+    rstd = var.rsqrt_() if rstd_out is None else _into(rstd_out, torch.rsqrt, var)
+    return (c.mul_(rstd) if out is None else _into(out, torch.mul, c, rstd)), rstd
 
 
 def _project(u: Tensor, n: Tensor) -> Tensor:
@@ -188,12 +197,12 @@ class _Rows:
         if b is None:
             rows[..., :o] = left
         else:
-            torch.mul(left, b, out=rows[..., :o])
+            _into(rows[..., :o], torch.mul, left, b)
         if self.momentum:
             if c is None:
                 rows[..., o : 2 * o] = 0
             else:
-                torch.mul(left, c, out=rows[..., o : 2 * o])
+                _into(rows[..., o : 2 * o], torch.mul, left, c)
         if self.base_at is not None:
             rows[..., self.base_at :] = left
         elif self.plain is not None:
@@ -214,10 +223,10 @@ class _Rows:
         elif b is None:
             base[:, :o] = gw
         else:
-            torch.mul(gw, _bcast(b, gw), out=base[:, :o])
+            _into(base[:, :o], torch.mul, gw, _bcast(b, gw))
         if self.momentum:
             if gw is not None and c is not None:
-                torch.mul(gw, _bcast(c, gw), out=base[:, o:])
+                _into(base[:, o:], torch.mul, gw, _bcast(c, gw))
             else:
                 base[:, o:].zero_()
             if gs is not None:
@@ -503,8 +512,8 @@ class _Block:
                 if p[gain].a is not None:  # the chunks before: - a dg
                     gp = torch.baddbmm(gp, p[gain].a, dg[:, : p[gain].s], alpha=-1)
                 gains_at.append(gp)
-                err = torch.addcmul(kk - vv, nrm, gp, out=errs[:, s0:e0]).mul_(2)
-                torch.mul(err, nrm, out=dg[:, s0:e0])
+                err = _into(errs[:, s0:e0], torch.addcmul, kk - vv, nrm, gp).mul_(2)
+                _into(dg[:, s0:e0], torch.mul, err, nrm)
                 delta = _project(err * gp, nrm).mul_(rs)
             else:
                 delta = 2 * (h - vv)
@@ -785,7 +794,7 @@ class _Block:
                 g_rs = (gd_running * delta).sum(-1, keepdim=True) / rs
                 g_err = g_dn * gp + g_dgv * nrm
                 g_n = g_n + g_dgv * err + 2 * g_err * gp
-                torch.sum(g_dn * err + 2 * g_err * nrm, 1, out=g_points[:, j])
+                _into(g_points[:, j], torch.sum, g_dn * err + 2 * g_err * nrm, 1)
                 g_k[:, sl].add_(g_err, alpha=2)
                 g_v[:, sl].sub_(g_err, alpha=2)
                 d = nrm.shape[-1]
