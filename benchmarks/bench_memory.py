@@ -11,6 +11,7 @@ hand-picked small gates.) Each measurement checks that outputs and gradients are
 
     python benchmarks/bench_memory.py                  # the table of docs/benchmarks.md
     python benchmarks/bench_memory.py --checkpoint     # recompute blocks: less memory, slower
+    python benchmarks/bench_memory.py --lengths 1024 --forget-target zero  # without W_0: what it costs
     python benchmarks/bench_memory.py --device cuda --lengths 1024,4096,16384,65536
     # the 170m model's memory layer on a GPU, bf16 autocast outside the inner loop, compiled:
     python benchmarks/bench_memory.py --device cuda --dim 768 --heads 16 --batch 16 \
