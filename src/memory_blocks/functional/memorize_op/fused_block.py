@@ -135,6 +135,12 @@ def _into(out: Tensor, op: Callable[..., Tensor], *args: Any) -> Tensor:
     return op(*args, out=out)
 
 
+def _points_at(m: int, chunk: int) -> slice:
+    """The rows of a block's coefficients (over ``m`` tokens) that are the points of its chunks
+    after the first: chunk ``j >= 1`` takes its gradient at the weights after token ``j chunk - 1``."""
+    return slice(chunk - 1, m - 1, chunk)
+
+
 def _layer_norm(z: Tensor, out: Tensor | None = None, rstd_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(normalised z, 1 / std)``, written into ``out`` and ``rstd_out`` when given."""
     c = z - z.mean(-1, keepdim=True)
@@ -480,13 +486,10 @@ class _Block:
         if gain is not None:
             # the start terms of the gain at every chunk point (b g + c g_S + g_0), for the block
             g_w, g_s, g_0 = weights[gain], momentum.get(gain) if self.has_momentum else None, base.get(gain)
-            at_points = slice(self.chunk - 1, m - 1, self.chunk)  # the points of chunks 1, 2, ...
             gain_starts = [self._gain_at(g_w, g_s, _Point(None, None, None, 0), dg, g_0)]
             if m > self.chunk:
-                points = _Point(None if beta is None else beta[:, at_points, None],
-                                None if gamma is None else gamma[:, at_points, None], None, 0)
-                later = self._gain_at(g_w, g_s, points, dg, g_0)  # one row when b and c are absent
-                gain_starts.append(later.expand(-1, len(range(self.chunk, m, self.chunk)), -1))
+                later = self._gain_at(g_w, g_s, self._later_points(beta, gamma, None, m), dg, g_0)
+                gain_starts.append(later.expand(-1, (m - 1) // self.chunk, -1))  # one row when b, c are absent
             gain_start = torch.cat(gain_starts, 1)  # (N, chunks, dim)
         first = names[0]
         k_reads = _StartReads.of(k, mats[first], moms[first], base.get(first))
@@ -568,6 +571,14 @@ class _Block:
                 pt = by_rate[id(a)] = _Point(b, c, a[:, s0 - 1 : s0, :s0], s0)
             out[nm] = pt
         return out
+
+    def _later_points(self, beta: Tensor | None, gamma: Tensor | None, a: Tensor | None, m: int) -> _Point:
+        """The points of a block's chunks after the first (:func:`_points_at`) as one
+        :class:`_Point` with a row per chunk; ``a``: the mixing coefficients whose rows they take
+        (``None``: the start terms only)."""
+        at = _points_at(m, self.chunk)
+        return _Point(None if beta is None else beta[:, at, None], None if gamma is None else gamma[:, at, None],
+                      None if a is None else a[:, at], m if a is not None else 0)
 
     def _full(self, beta: Tensor | None, gamma: Tensor | None, mix: dict[str, Tensor]) -> dict[str, _Point]:
         """Every token's own weights (after its write): the retrieval's points."""
@@ -747,8 +758,7 @@ class _Block:
             # ``dg`` of a chunk take theirs from the later chunks' points when the chunk comes
             # (``a`` of chunk j's point: row ``j chunk - 1`` of the mixing coefficients).
             g_points = k.new_zeros(k.shape[0], len(starts), k.shape[-1])
-            at_points = slice(self.chunk - 1, m - 1, self.chunk)  # the points of chunks 1, 2, ...
-            a_points = mix[gain][:, at_points]  # (N, chunks - 1, M)
+            points = self._later_points(beta, gamma, mix[gain], m)  # a: (N, chunks - 1, M)
         for j in range(len(starts) - 1, -1, -1):
             s0 = starts[j]
             e0 = min(s0 + self.chunk, m)
@@ -786,7 +796,7 @@ class _Block:
                 dn = err * gp
                 g_dgv = g_dg[:, sl]
                 if j + 1 < len(starts):  # the later chunks' points read these rows' dg
-                    g_dgv = torch.baddbmm(g_dgv, a_points[:, j:, sl].mT, g_points[:, j + 1 :], alpha=-1)
+                    g_dgv = torch.baddbmm(g_dgv, points.a[:, j:, sl].mT, g_points[:, j + 1 :], alpha=-1)
                 g_dn = rs * _project(gd_running, nrm)
                 delta = ds[last_nm][:, sl]
                 g_n = -rs * (gd_running * (dn * nrm).mean(-1, keepdim=True)
@@ -827,10 +837,8 @@ class _Block:
                             g_beta, g_gamma, g_mix[gain], g_vec, g_vec_mom, gain, at=slice(0, 0),
                             g_base=acc["gbase"])
             if len(starts) > 1:
-                points = _Point(None if beta is None else beta[:, at_points, None],
-                                None if gamma is None else gamma[:, at_points, None], a_points, m)
                 self._gain_back(g_points[:, 1:], weights[gain], s_gain, points, saved["dg"], g_dg,
-                                g_beta, g_gamma, g_mix[gain], g_vec, g_vec_mom, gain, at=at_points,
+                                g_beta, g_gamma, g_mix[gain], g_vec, g_vec_mom, gain, at=_points_at(m, self.chunk),
                                 g_base=acc["gbase"], dg_too=False)
         # the keys' gradient through the first layer's start weights, for the whole block
         g_k += acc["rows"][first].through(slice(m, 2 * m), mats[first], moms[first], base.get(first))
@@ -873,7 +881,7 @@ class _Block:
             dots = rows.coefficient_dots(slice(m, 3 * m), mat)  # (N, 2m)
             later = (dots[:, chunk:m] + dots[:, m + chunk :])  # the tokens of chunks 1, 2, ...
             later = torch.nn.functional.pad(later, (0, -later.shape[1] % chunk))  # a partial last chunk
-            g_coef[:, chunk - 1 : m - 1 : chunk] += later.view(later.shape[0], -1, chunk).sum(-1)
+            g_coef[:, _points_at(m, chunk)] += later.view(later.shape[0], -1, chunk).sum(-1)
 
     @staticmethod
     def _point_grads(
